@@ -1,0 +1,81 @@
+"""Frozen configuration, built once at the entry point and validated there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import RequestError
+
+ENGINES = ("reference",)
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What media the app accepts. Defaults follow the model and qwen-omni-utils."""
+
+    #: Longest audio input; the feature extractor handles at most 300 s.
+    max_audio_seconds: float = 300.0
+    #: Shorter clips carry too little to answer (and are usually accidental clicks).
+    min_audio_seconds: float = 0.1
+    #: A peak below this (about -74 dBFS) is treated as a silent recording.
+    silence_peak: float = 2e-4
+    max_video_seconds: float = 120.0
+    #: Largest image accepted before resizing (the processor then fits it to its budget).
+    max_image_pixels: int = 40_000_000
+    #: Per-frame pixel budget of videos (qwen-omni-utils VIDEO_MIN/MAX_PIXELS).
+    video_min_pixels: int = 128 * 28 * 28
+    video_max_pixels: int = 768 * 28 * 28
+    #: Pixel budget shared by all frames of one video (qwen-omni-utils VIDEO_TOTAL_PIXELS).
+    video_total_pixels: int = int(128000 * 28 * 28 * 0.9)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_audio_seconds < self.max_audio_seconds:
+            raise RequestError("min_audio_seconds must be positive and below max_audio_seconds")
+        if self.max_audio_seconds > 300:
+            raise RequestError("max_audio_seconds can't exceed 300 s (the audio feature extractor's window)")
+        if not 0 < self.video_min_pixels <= self.video_max_pixels:
+            raise RequestError("video_min_pixels must be positive and at most video_max_pixels")
+        if self.max_video_seconds <= 0 or self.max_image_pixels <= 0:
+            raise RequestError("max_video_seconds and max_image_pixels must be positive")
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    """How long a reply may get."""
+
+    #: Text tokens of the reply (the Thinker).
+    max_new_tokens: int = 512
+    #: Seconds of speech (the Talker emits 50 codec codes per second).
+    max_speech_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise RequestError("max_new_tokens must be at least 1")
+        if not 0 < self.max_speech_seconds <= 600:
+            raise RequestError("max_speech_seconds must be between 0 and 600")
+
+    @property
+    def max_codec_codes(self) -> int:
+        """The Talker's token limit for ``max_speech_seconds``."""
+        return max(1, int(round(self.max_speech_seconds * 50)))
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What the model service is built from."""
+
+    #: ``Qwen/Qwen2.5-Omni-7B``, ``Qwen/Qwen2.5-Omni-3B``, a local folder, or ``tiny``.
+    model: str = "tiny"
+    #: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
+    device: str = "auto"
+    #: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp16`` or ``fp32``.
+    dtype: str = "auto"
+    #: ``reference`` wraps transformers' generate() (whole reply, then speech).
+    engine: str = "reference"
+    media: MediaLimits = MediaLimits()
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise RequestError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if not self.model:
+            raise RequestError("model must name a checkpoint, a folder or 'tiny'")

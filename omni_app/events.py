@@ -1,0 +1,81 @@
+"""The stream vocabulary: what a model service yields, from engine to browser.
+
+A stream is a sequence of :class:`TextDelta`, :class:`AudioChunk` and :class:`Notice`
+events that always ends with exactly one :class:`Done`. Errors are not events: they are
+raised from the stream (an :class:`~omni_app.errors.OmniError` for the user's mistakes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+import numpy as np
+
+#: Why a stream ended: the model finished, a length limit was hit, or the caller cancelled.
+DoneReason = Literal["finished", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of the reply, always whole characters (never a split UTF-8 sequence)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """A piece of the spoken reply: mono int16 samples at ``sample_rate`` Hz."""
+
+    sample_rate: int
+    samples: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.samples.dtype != np.int16 or self.samples.ndim != 1:
+            raise TypeError("AudioChunk.samples must be a 1-D int16 array")
+
+    @property
+    def seconds(self) -> float:
+        """Duration of this chunk in seconds."""
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know about this reply that is not an error."""
+
+    message: str
+    level: Literal["info", "warning"] = "warning"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Measurements of one reply. Times are seconds since the request was started."""
+
+    time_to_first_text: float | None
+    time_to_first_audio: float | None
+    total_time: float
+    text_tokens: int
+    codec_codes: int
+    audio_seconds: float
+    engine: str = ""
+    #: Per-stage measurements an engine may add (e.g. tokens per second).
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def real_time_factor(self) -> float | None:
+        """Generation time per second of speech (< 1 means faster than real time)."""
+        if self.audio_seconds <= 0:
+            return None
+        return self.total_time / self.audio_seconds
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last event of every stream."""
+
+    reason: DoneReason
+    stats: Stats
+
+
+Event = Union[TextDelta, AudioChunk, Notice, Done]

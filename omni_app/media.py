@@ -1,0 +1,244 @@
+"""Decode and validate user media: audio, images and video (numpy/PIL/PyAV, no gradio).
+
+Everything returns what the model takes: 16 kHz mono float32 audio, RGB PIL images and
+video frames sampled at 2 fps within the official pixel budget (the semantics of
+``qwen-omni-utils``), with the video's audio track. Problems raise :class:`MediaError`
+with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+
+from .config import MediaLimits
+from .errors import MediaError
+
+MODEL_SAMPLE_RATE = 16000
+#: Frames per second the model was trained on; keep it (it matches TMRoPE's time ids).
+VIDEO_FPS = 2.0
+FRAME_FACTOR = 2  # temporal patch: frames come in pairs
+IMAGE_FACTOR = 28  # patch 14 x merge 2
+VIDEO_MIN_FRAMES = 4
+
+Source = Union[str, Path, bytes, BinaryIO]
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    """Frames ``(T, H, W, 3)`` uint8 sampled at ``fps``, plus the audio track if any."""
+
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Duration covered by the frames."""
+        return len(self.frames) / self.fps
+
+
+def _name(source: Source) -> str:
+    return Path(source).name if isinstance(source, (str, Path)) else "the upload"
+
+
+def _open_container(source: Source):
+    import av
+
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise MediaError(f"File not found: {source}")
+        if Path(source).stat().st_size == 0:
+            raise MediaError(f"{_name(source)} is empty.")
+        target = str(source)
+    else:
+        target = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        return av.open(target)
+    except Exception as exc:  # PyAV raises many types for unreadable input
+        raise MediaError(f"{_name(source)} is not a readable audio or video file ({_short(exc)}).") from exc
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+def _decode_audio_stream(container, stream, name: str, max_seconds: float) -> np.ndarray:
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=MODEL_SAMPLE_RATE)
+    pieces: list[np.ndarray] = []
+    total = 0
+    limit = int((max_seconds + 1.0) * MODEL_SAMPLE_RATE)
+    try:
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                pieces.append(out.to_ndarray().reshape(-1))
+                total += pieces[-1].size
+            if total > limit:
+                raise MediaError(f"{name} is longer than the {max_seconds:g} s limit; trim it and try again.")
+        for out in resampler.resample(None):
+            pieces.append(out.to_ndarray().reshape(-1))
+    except MediaError:
+        raise
+    except Exception as exc:
+        raise MediaError(f"{name} could not be decoded ({_short(exc)}); the file may be corrupt.") from exc
+    return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+
+
+def load_audio(source: Source, limits: MediaLimits = MediaLimits()) -> np.ndarray:
+    """Decode any common audio file (wav, flac, mp3, ogg, webm/opus, m4a) to 16 kHz mono."""
+    name = _name(source)
+    with _open_container(source) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{name} has no audio track.")
+        audio = _decode_audio_stream(container, container.streams.audio[0], name, limits.max_audio_seconds)
+    return check_audio(audio, name, limits)
+
+
+def audio_from_array(samples: np.ndarray, sample_rate: int, limits: MediaLimits = MediaLimits(),
+                     name: str = "The recording") -> np.ndarray:
+    """Convert a recorded array (int or float, mono or (n, channels)) to 16 kHz mono float32."""
+    data = np.asarray(samples)
+    if data.size == 0:
+        raise MediaError(f"{name} is empty.")
+    if np.issubdtype(data.dtype, np.integer):
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
+    data = data.astype(np.float32)
+    if data.ndim == 2:
+        # Gradio gives (samples, channels); a (channels, samples) array has few rows.
+        data = data.mean(axis=1) if data.shape[0] > data.shape[1] else data.mean(axis=0)
+    if sample_rate <= 0:
+        raise MediaError(f"{name} has an invalid sample rate ({sample_rate}).")
+    if len(data) / sample_rate > limits.max_audio_seconds + 1.0:
+        raise MediaError(f"{name} is longer than the {limits.max_audio_seconds:g} s limit.")
+    if sample_rate != MODEL_SAMPLE_RATE:
+        import librosa
+
+        data = librosa.resample(data, orig_sr=sample_rate, target_sr=MODEL_SAMPLE_RATE)
+    return check_audio(data.astype(np.float32), name, limits)
+
+
+def check_audio(audio: np.ndarray, name: str, limits: MediaLimits) -> np.ndarray:
+    """Reject empty, silent, too short or too long 16 kHz audio."""
+    seconds = len(audio) / MODEL_SAMPLE_RATE
+    if len(audio) == 0:
+        raise MediaError(f"{name} contains no audio.")
+    if seconds < limits.min_audio_seconds:
+        raise MediaError(f"{name} is too short ({seconds:.2f} s); record at least {limits.min_audio_seconds:g} s.")
+    if seconds > limits.max_audio_seconds:
+        raise MediaError(f"{name} is {seconds:.0f} s long; the limit is {limits.max_audio_seconds:g} s.")
+    if not np.isfinite(audio).all():
+        raise MediaError(f"{name} contains invalid samples.")
+    if float(np.abs(audio).max()) < limits.silence_peak:
+        raise MediaError(f"{name} is silent; check the microphone or the file.")
+    return np.clip(audio, -1.0, 1.0)
+
+
+def load_image(source: Union[Source, "PIL.Image.Image"], limits: MediaLimits = MediaLimits()):  # noqa: F821
+    """Open an image (any PIL format), apply its EXIF rotation and convert to RGB."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, Image.Image):
+        image, name = source, "The image"
+    else:
+        name = _name(source)
+        if isinstance(source, (str, Path)) and not Path(source).is_file():
+            raise MediaError(f"File not found: {source}")
+        try:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise MediaError(f"{name} is not a readable image ({_short(exc)}).") from exc
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise MediaError(
+            f"{name} is {width}x{height} pixels; the limit is {limits.max_image_pixels / 1e6:.0f} megapixels."
+        )
+    if min(width, height) < 4:
+        raise MediaError(f"{name} is too small ({width}x{height}).")
+    try:
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except OSError as exc:
+        raise MediaError(f"{name} is truncated or corrupt ({_short(exc)}).") from exc
+
+
+def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
+                 factor: int = IMAGE_FACTOR) -> tuple[int, int]:
+    """Nearest size with sides divisible by ``factor`` and area within the pixel budget."""
+    if max(height, width) / min(height, width) > 200:
+        raise MediaError("The video's aspect ratio is too extreme (more than 200:1).")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def video_frame_pixels(n_frames: int, limits: MediaLimits) -> int:
+    """Per-frame pixel cap: the total budget shared by all frames, within min/max."""
+    per_frame = min(limits.video_max_pixels, limits.video_total_pixels / n_frames * FRAME_FACTOR)
+    return int(max(per_frame, limits.video_min_pixels * 1.05))
+
+
+def load_video(source: Source, limits: MediaLimits = MediaLimits(), with_audio: bool = True) -> VideoClip:
+    """Decode a video file to frames at exactly 2 fps (at least 4, an even count) plus audio."""
+    name = _name(source)
+    with _open_container(source) as container:
+        if not container.streams.video:
+            raise MediaError(f"{name} has no video track.")
+        stream = container.streams.video[0]
+        stamped: list[tuple[float, np.ndarray]] = []
+        try:
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                if frame.time > limits.max_video_seconds + 0.5:
+                    raise MediaError(f"{name} is longer than the {limits.max_video_seconds:g} s video limit.")
+                stamped.append((float(frame.time), frame.to_ndarray(format="rgb24")))
+        except MediaError:
+            raise
+        except Exception as exc:
+            raise MediaError(f"{name} could not be decoded ({_short(exc)}); the file may be corrupt.") from exc
+        audio = None
+        if with_audio and container.streams.audio:
+            container.seek(0)
+            audio = _decode_audio_stream(container, container.streams.audio[0], name, limits.max_video_seconds)
+            if audio.size == 0 or float(np.abs(audio).max()) < limits.silence_peak:
+                audio = None  # a silent track carries nothing; treat the video as mute
+    if not stamped:
+        raise MediaError(f"{name} contains no video frames.")
+    start = stamped[0][0]
+    times = np.array([t - start for t, _ in stamped])
+    frames = [f for _, f in stamped]
+    return frames_to_clip(frames, times, limits, audio)
+
+
+def frames_to_clip(frames: list[np.ndarray], times: np.ndarray, limits: MediaLimits,
+                   audio: np.ndarray | None = None) -> VideoClip:
+    """Resample timestamped RGB frames to 2 fps and resize them to the pixel budget."""
+    from PIL import Image
+
+    duration = float(times[-1]) + (float(np.median(np.diff(times))) if len(times) > 1 else 0.5)
+    if duration > limits.max_video_seconds + 0.5:
+        raise MediaError(f"The video is longer than the {limits.max_video_seconds:g} s video limit.")
+    count = int(duration * VIDEO_FPS) // FRAME_FACTOR * FRAME_FACTOR
+    count = max(VIDEO_MIN_FRAMES, count)
+    targets = np.arange(count) / VIDEO_FPS
+    picks = [int(np.argmin(np.abs(times - t))) for t in targets]
+    height, width = frames[0].shape[:2]
+    h, w = smart_resize(height, width, limits.video_min_pixels, video_frame_pixels(count, limits))
+    out = np.stack([np.asarray(Image.fromarray(frames[i]).resize((w, h), Image.BICUBIC)) for i in picks])
+    return VideoClip(frames=out, fps=VIDEO_FPS, audio=audio)
