@@ -100,6 +100,8 @@ class PreparedInputs:
     """What the model's generate() takes for one conversation, plus what was counted."""
 
     tensors: dict
+    #: The chat-template text before media placeholders were expanded.
+    prompt: str
     use_audio_in_video: bool
     prompt_tokens: int
     counts: dict = field(default_factory=dict)
@@ -154,6 +156,9 @@ def build_inputs(conversation: Conversation, processor) -> PreparedInputs:
         # The frames are already sampled at 2 fps: TMRoPE's time ids are derived from this.
         kwargs["fps"] = VIDEO_FPS
         kwargs["do_sample_frames"] = False
+        # Frames are already within the per-frame budget; this keeps the processor from
+        # re-deriving a different one (and matches qwen-vl-utils).
+        kwargs["cap_pixels_per_frame"] = True
     if use_audio_in_video:
         kwargs["load_audio_from_video"] = True
         kwargs["audio_from_video_indices"] = audio_sources
@@ -163,6 +168,7 @@ def build_inputs(conversation: Conversation, processor) -> PreparedInputs:
         raise RequestError(f"The input could not be prepared for the model: {exc}") from exc
     return PreparedInputs(
         tensors=dict(tensors),
+        prompt=prompt,
         use_audio_in_video=use_audio_in_video,
         prompt_tokens=int(tensors["input_ids"].shape[1]),
         counts={"audio": len(audio_slots), "images": len(images), "videos": len(frames)},

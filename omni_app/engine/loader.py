@@ -95,7 +95,6 @@ def load_model(name: str = TINY, device: str | None = None, dtype: str | None = 
 
     Raises :class:`ModelLoadError` with the remedies when the weights can't be reached.
     """
-    import torch
     from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniProcessor
 
     started = time.perf_counter()
@@ -155,4 +154,4 @@ def _load_failure_message(name: str, exc: Exception) -> str:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "spk_dict" in str(exc):
         reason = "the checkpoint has no spk_dict.pt (the voices file beside the weights)"
-    return f"Could not load model {name!r}: {reason}. {_REMEDIES}"
+    return f"Could not load model {name!r}: {reason.rstrip('.')}. {_REMEDIES}"

@@ -15,7 +15,7 @@ it does for the longest row of a padded batch.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..conversation import PreparedInputs
 from ..events import AudioChunk, Event, TextDelta
@@ -76,6 +76,7 @@ class ReferenceEngine:
             )
             _flush(decoder, emit)
             reply = sequences[0, inputs["input_ids"].shape[1]:].tolist()
+            _record(request, inputs["input_ids"], reply, [])
             return EngineResult(_reason(reply, eos, limits.max_new_tokens), len(reply), 0,
                                 {"thinker_seconds": time.perf_counter() - started})
 
@@ -91,6 +92,7 @@ class ReferenceEngine:
                 thinker_max_new_tokens=limits.max_new_tokens, thinker_do_sample=False,
                 thinker_streamer=streamer, thinker_stopping_criteria=[thinker_watch],
                 talker_max_new_tokens=limits.max_codec_codes, talker_stopping_criteria=[talker_watch],
+                talker_do_sample=request.speech_sampling,
                 # generate() would hand the pixels to the Talker, which rejects them.
                 talker_pixel_values=None, talker_pixel_values_videos=None,
             )
@@ -102,6 +104,7 @@ class ReferenceEngine:
         _flush(decoder, emit)
         reply_tokens = streamer.count
         codes = _codes(talker_watch.generated)
+        _record(request, inputs["input_ids"][:, 1:], thinker_watch.generated, codes)
         if wave is not None and codes and not cancel.is_set():
             emit(AudioChunk(OUTPUT_SAMPLE_RATE, to_int16(wave.detach().float().cpu().numpy().reshape(-1))))
         reason = _reason(thinker_watch.generated, eos, limits.max_new_tokens)
@@ -109,6 +112,13 @@ class ReferenceEngine:
             reason = "length"
         return EngineResult(reason, reply_tokens, len(codes),
                             {"generate_seconds": time.perf_counter() - started})
+
+
+def _record(request: Request, prompt_ids, reply: list[int], codes: list[int]) -> None:
+    if request.trace is not None:
+        request.trace.prompt_ids = prompt_ids[0].tolist()
+        request.trace.reply_ids = list(reply)
+        request.trace.codes = list(codes)
 
 
 def _to_device(tensors: dict, loaded: LoadedModel) -> dict:

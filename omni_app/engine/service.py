@@ -12,8 +12,9 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -36,6 +37,20 @@ class Request:
     limits: GenerationLimits = GenerationLimits()
     #: Fixes the sampling of the speech; ``None`` picks a random seed (reported in stats).
     seed: int | None = None
+    #: Sample speech codes as the model card recommends (top-k 40, top-p 0.8, T 0.9);
+    #: ``False`` decodes them greedily (repeatable without a seed; used for comparisons).
+    speech_sampling: bool = True
+    #: Filled in by the engine for the caller that wants to look inside (ids, codes).
+    trace: "Trace | None" = field(default=None, compare=False)
+
+
+@dataclass
+class Trace:
+    """What the model produced for one request, for inspection and tests."""
+
+    prompt_ids: list[int] = field(default_factory=list)
+    reply_ids: list[int] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
 
 
 class Cancel:
@@ -153,7 +168,7 @@ class ModelService:
                     event = events.get(timeout=0.5)
                 except queue.Empty:
                     if not worker.is_alive():
-                        raise RuntimeError("the generation worker stopped without a result")
+                        raise RuntimeError("the generation worker stopped without a result") from None
                     continue
                 if event is _END:
                     cancelled = stop.is_set()

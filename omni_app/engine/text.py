@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 REPLACEMENT = "\ufffd"
 
@@ -49,7 +49,7 @@ class IncrementalDecoder:
         else:
             # Decoding is not always prefix-stable (clean-up rules); emit only the new tail.
             common = 0
-            for a, b in zip(full, self._emitted):
+            for a, b in zip(full, self._emitted, strict=False):
                 if a != b:
                     break
                 common += 1

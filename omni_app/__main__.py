@@ -1,0 +1,8 @@
+"""``python -m omni_app``: see :mod:`omni_app.cli`."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

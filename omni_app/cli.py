@@ -1,0 +1,151 @@
+"""Command line: ``python -m omni_app chat [options] "text"``.
+
+Prints the reply text as it streams, writes the speech to a 24 kHz WAV, and turns every
+user mistake into a one-line message with a non-zero exit code (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+from .config import ENGINES, GenerationLimits, MediaLimits, ServiceConfig
+from .errors import OmniError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m omni_app",
+        description="Talk to Qwen2.5-Omni from the command line: text, audio, image and video in; text and speech out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chat = sub.add_parser(
+        "chat", help="send one message and get the reply (text on stdout, speech in --out)",
+        description="Send one message with optional media; print the reply and save its speech.",
+    )
+    chat.add_argument("text", nargs="?", default="", help="the message text (may be empty when media is given)")
+    add_model_options(chat)
+    chat.add_argument("--audio", action="append", default=[], metavar="FILE",
+                      help="an audio file to send (wav, flac, mp3, ogg, webm, m4a); repeatable")
+    chat.add_argument("--image", action="append", default=[], metavar="FILE",
+                      help="an image file to send (any common format); repeatable")
+    chat.add_argument("--video", action="append", default=[], metavar="FILE",
+                      help="a video file to send; its sound track is used when it has one; repeatable")
+    chat.add_argument("--voice", default="Chelsie", help="voice of the spoken reply (default: Chelsie; also Ethan)")
+    chat.add_argument("--text-only", action="store_true", help="reply in text only, without speech")
+    chat.add_argument("--out", type=Path, metavar="WAV", help="write the spoken reply to this 24 kHz WAV file")
+    chat.add_argument("--seed", type=int, help="seed for the speech sampling (same seed, same output)")
+    chat.add_argument("--max-new-tokens", type=int, default=GenerationLimits.max_new_tokens,
+                      help="longest reply in text tokens (default: %(default)s)")
+    chat.add_argument("--max-speech-seconds", type=float, default=GenerationLimits.max_speech_seconds,
+                      help="longest spoken reply in seconds (default: %(default)s)")
+    chat.add_argument("--system-prompt", help="replace the default system prompt (speech may suffer)")
+    chat.add_argument("--quiet", action="store_true", help="print only the reply text")
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and place the model (shared with the app's entry point)."""
+    parser.add_argument("--model", default=os.environ.get("OMNI_APP_MODEL", "tiny"),
+                        help="Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B, a local checkpoint folder, "
+                             "or 'tiny' (a small random model for trying the app offline; default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                        help="weights precision (auto: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--engine", default=ENGINES[0], choices=list(ENGINES),
+                        help="generation engine (default: %(default)s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        if args.command == "chat":
+            return _chat(args)
+    except OmniError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure still gets one line, not a traceback
+        print(f"error: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_USAGE
+
+
+def _chat(args) -> int:
+    from .conversation import AudioPart, Conversation, ImagePart, VideoPart
+    from .errors import RequestError
+    from .events import AudioChunk, Done, Notice, TextDelta
+    from .media import load_audio, load_image, load_video
+
+    if args.out and args.text_only:
+        raise RequestError("--out and --text-only can't be used together: there is no speech to write.")
+    limits = GenerationLimits(max_new_tokens=args.max_new_tokens, max_speech_seconds=args.max_speech_seconds)
+    media = MediaLimits()
+    parts: list = [AudioPart(load_audio(f, media)) for f in args.audio]
+    parts += [ImagePart(load_image(f, media)) for f in args.image]
+    parts += [VideoPart(load_video(f, media)) for f in args.video]
+    conversation = Conversation() if args.system_prompt is None else Conversation(system_prompt=args.system_prompt)
+    conversation = conversation.add_user(*parts, args.text)
+
+    from .engine.service import ModelService, Request
+
+    service = ModelService.from_config(ServiceConfig(model=args.model, device=args.device, dtype=args.dtype,
+                                                     engine=args.engine))
+    request = Request(conversation, voice=None if args.text_only else args.voice, limits=limits, seed=args.seed)
+    chunks = []
+    done = None
+    for event in service.stream(request, threading.Event()):
+        if isinstance(event, TextDelta):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, AudioChunk):
+            chunks.append(event)
+        elif isinstance(event, Notice):
+            print(f"\n{event.level}: {event.message}", file=sys.stderr)
+        elif isinstance(event, Done):
+            done = event
+    sys.stdout.write("\n")
+    if args.out is not None:
+        _write_wav(args.out, chunks)
+    if done is not None and not args.quiet:
+        s = done.stats
+        print(f"[{done.reason}] {s.text_tokens} tokens, {s.audio_seconds:.2f} s of speech, "
+              f"{s.total_time:.2f} s total", file=sys.stderr)
+        if service.loaded.is_tiny:
+            print("note: the tiny model has random weights; its replies are noise.", file=sys.stderr)
+    return 0
+
+
+def _write_wav(path: Path, chunks) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from .errors import RequestError
+
+    if not chunks:
+        raise RequestError("The reply has no speech to write.")
+    samples = np.concatenate([c.samples for c in chunks])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), samples, chunks[0].sample_rate, subtype="PCM_16")
+    except (OSError, RuntimeError) as exc:
+        raise RequestError(f"Could not write {path}: {exc}") from exc
+
+
+def _quiet_libraries() -> None:
+    """Library warnings and progress bars are noise on a command line."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # The hub logs every retry of an unreachable server; the final error says it all.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)

@@ -1,0 +1,75 @@
+"""Shared fixtures: real media made at test time and one tiny model per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SPEECH_TEXT = "What is in this picture? Please answer in one short sentence."
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory) -> Path:
+    """Build the tiny checkpoint into a fresh folder for this test session."""
+    cache = tmp_path_factory.mktemp("omni-cache")
+    os.environ["OMNI_APP_CACHE"] = str(cache)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """Speech (espeak-ng) in several formats, videos with and without sound, a photo-like image."""
+    for tool in ("espeak-ng", "ffmpeg"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: run scripts/setup.sh (it installs ffmpeg, espeak-ng and sox)")
+    out = tmp_path_factory.mktemp("media")
+    speech = out / "speech.wav"
+    _run("espeak-ng", "-w", str(speech), SPEECH_TEXT)
+    for ext, codec in [("flac", "flac"), ("mp3", "libmp3lame"), ("ogg", "libvorbis"),
+                       ("webm", "libopus"), ("m4a", "aac")]:
+        _run("ffmpeg", "-loglevel", "error", "-y", "-i", str(speech), "-c:a", codec, str(out / f"speech.{ext}"))
+    _run("ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10",
+         "-i", str(speech), "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+         "-shortest", str(out / "talking.mp4"))
+    _run("ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=240x180:rate=15",
+         "-t", "2.5", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out / "mute.mp4"))
+    photo_like_image().save(out / "photo.jpg", quality=90)
+    return out
+
+
+def photo_like_image(width: int = 480, height: int = 320):
+    """A deterministic outdoor-like scene: sky gradient, sun, hills, textured grass."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(0)
+    y = np.linspace(0, 1, height)[:, None]
+    sky = np.stack([90 + 100 * y, 150 + 80 * y, 235 - 30 * y], axis=-1) * np.ones((1, width, 1))
+    image = Image.fromarray(sky.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([width * 0.7, height * 0.1, width * 0.85, height * 0.1 + width * 0.15], fill=(255, 230, 120))
+    draw.polygon([(0, height * 0.6), (width * 0.3, height * 0.4), (width * 0.6, height * 0.62),
+                  (width, height * 0.45), (width, height), (0, height)], fill=(60, 140, 70))
+    pixels = np.asarray(image).astype(np.int16)
+    noise = rng.integers(-18, 18, size=pixels.shape)
+    ground = (np.arange(height) > height * 0.5)[:, None, None]
+    pixels = np.clip(pixels + noise * ground, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels).filter(ImageFilter.SMOOTH)
+
+
+@pytest.fixture(scope="session")
+def service():
+    """One tiny model service for the whole session (loaded like a real checkpoint)."""
+    from omni_app.config import ServiceConfig
+    from omni_app.engine.service import ModelService
+
+    return ModelService.from_config(ServiceConfig(model="tiny"))
