@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 #: Bump when the recipe changes, so that cached folders are rebuilt.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
@@ -285,18 +285,29 @@ def _build_config(ids: dict[str, int], user_token_id: int, eos_id: int, pad_id: 
 
 
 def _make_vocoder_audible(model) -> None:
-    """Re-initialise BigVGAN's convolutions: default init leaves it silent (~1e-8 peak)."""
+    """Re-initialise BigVGAN so that its output is audible but not clipped.
+
+    The default init leaves it silent (~1e-8 peak). Its gain grows steeply with the weight
+    scale, so the convolutions get a modest scale and the last one is calibrated on the
+    DiT's own output for fixed codes to a speech-like RMS of 0.1.
+    """
     import torch
 
+    vocoder = model.token2wav.code2wav_bigvgan_model
+    dit = model.token2wav.code2wav_dit_model
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for module in model.token2wav.code2wav_bigvgan_model.modules():
+        for module in vocoder.modules():
             if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
                 fan_in = module.weight[0].numel()
-                std = 1.5 / fan_in ** 0.5
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.5 / fan_in**0.5)
                 if module.bias is not None:
                     module.bias.zero_()
+        codes = torch.randint(0, 8192, (1, 100), generator=generator)
+        torch.manual_seed(3)
+        mel = dit.sample(torch.zeros(1, 192), torch.zeros(1, 400, 80), codes, num_steps=4)
+        rms = vocoder(mel).pow(2).mean().sqrt()
+        vocoder.conv_post.weight.mul_(0.1 / rms)
 
 
 def _build_voices() -> dict:
