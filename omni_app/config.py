@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .errors import RequestError
 
-ENGINES = ("reference",)
+ENGINES = ("streaming", "reference")
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,18 @@ class ServiceConfig:
     device: str = "auto"
     #: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp16`` or ``fp32``.
     dtype: str = "auto"
-    #: ``reference`` wraps transformers' generate() (whole reply, then speech).
-    engine: str = "reference"
+    #: ``streaming`` speaks while the reply is generated; ``reference`` wraps
+    #: transformers' generate() (whole reply, then all of the speech).
+    engine: str = "streaming"
+    #: Streaming code2wav chunk sizes in blocks of 0.24 s of speech; the last one repeats.
+    #: A small first chunk starts the audio early; larger ones cut the context overhead.
+    chunk_blocks: tuple[int, ...] = (2, 2, 4, 8, 16)
     media: MediaLimits = MediaLimits()
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise RequestError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if not self.chunk_blocks or min(self.chunk_blocks) < 1:
+            raise RequestError("chunk_blocks must be a non-empty list of positive block counts")
         if not self.model:
             raise RequestError("model must name a checkpoint, a folder or 'tiny'")

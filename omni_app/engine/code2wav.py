@@ -52,28 +52,45 @@ class WindowDecoder:
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.sway = sway_coefficient
+        self._reference: torch.Tensor | None = None
 
     @torch.no_grad()
     def mel(self, codes: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Mel ``(1, 80, 2n)`` for codes ``(1, n)``, starting the flow from ``noise`` ``(1, 2n, 80)``.
 
-        The same computation as the DiT's ``sample()``, with the starting noise passed in
-        instead of drawn inside (that is what makes windows agree with each other).
+        The computation of the DiT's ``sample()``, with two changes that keep the result
+        bit-identical: the starting noise is passed in (so that windows agree with each
+        other), and the speaker encoder's output for ``ref_mel``, which ``forward()`` would
+        recompute at each of the 36 ODE evaluations, is computed once per utterance.
         """
         from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import RungeKutta4ODESolver
 
         frames = codes.shape[1] * self.dit.repeats
         if noise.shape[1] != frames:
             raise ValueError(f"noise covers {noise.shape[1]} frames, codes need {frames}")
+        cfg = self.guidance_scale >= 1e-5
+        dit = self.dit
         speaker = self.cond.unsqueeze(1).repeat(1, frames, 1)
+        code_embed = dit.text_embed(codes, drop_code=False)
+        if cfg:
+            # Classifier-free guidance: a second row without codes, speaker and reference.
+            speaker = torch.cat([speaker, torch.zeros_like(speaker)], dim=0)
+            code_embed = torch.cat([code_embed, dit.text_embed(codes, drop_code=True)], dim=0)
+        reference = self._reference_embedding(cfg).unsqueeze(1).repeat(1, frames, 1)
+        rows = speaker.shape[0]
+        positions = torch.arange(frames, device=codes.device)[None, :].repeat(rows, 1)
 
         def velocity(time_step, state):
-            if self.guidance_scale < 1e-5:
-                return self.dit(hidden_states=state, speaker_embedding=speaker, condition_vector=self.ref_mel,
-                                quantized_code=codes, time_step=time_step, drop_audio_conditioning=False,
-                                drop_code=False, apply_cfg=False)
-            out = self.dit(hidden_states=state, quantized_code=codes, speaker_embedding=speaker,
-                           condition_vector=self.ref_mel, time_step=time_step, apply_cfg=True)
+            hidden = torch.cat([state, state], dim=0) if cfg else state
+            time_embedding = dit.time_embed(time_step.repeat(rows) if time_step.ndim == 0 else time_step)
+            hidden = dit.input_embed.proj(torch.cat((hidden, reference, code_embed, speaker), dim=-1))
+            rotary = dit.rotary_embed(hidden, positions)
+            block_diff = dit._create_block_diff(hidden)
+            for block in dit.transformer_blocks:
+                hidden = block(hidden, time_embedding, position_embeddings=rotary, block_diff=block_diff)
+            out = dit.proj_out(dit.norm_out(hidden, time_embedding))
+            if not cfg:
+                return out
             guided, null = torch.chunk(out, 2, dim=0)
             return guided + (guided - null) * self.guidance_scale
 
@@ -82,6 +99,12 @@ class WindowDecoder:
             times += self.sway * (torch.cos(torch.pi / 2 * times) - 1 + times)
         trajectory = RungeKutta4ODESolver(function=velocity, initial_value=noise).integrate(times)
         return trajectory[-1].permute(0, 2, 1)
+
+    def _reference_embedding(self, cfg: bool) -> torch.Tensor:
+        if self._reference is None:
+            ref = torch.cat([self.ref_mel, torch.zeros_like(self.ref_mel)], dim=0) if cfg else self.ref_mel
+            self._reference = self.dit.input_embed.spk_encoder(ref)
+        return self._reference
 
     @torch.no_grad()
     def wave(self, mel: torch.Tensor) -> torch.Tensor:
@@ -96,7 +119,7 @@ class StreamingCode2Wav:
     first chunk gives early audio, larger later ones keep the context overhead low.
     """
 
-    def __init__(self, decoder: WindowDecoder, noise: torch.Tensor, schedule: tuple[int, ...] = (2, 4, 8, 16)) -> None:
+    def __init__(self, decoder: WindowDecoder, noise: torch.Tensor, schedule: tuple[int, ...]) -> None:
         if not schedule or min(schedule) < 1:
             raise ValueError("chunk schedule must be a non-empty list of positive block counts")
         self.decoder = decoder

@@ -77,7 +77,7 @@ class ReferenceEngine:
             _flush(decoder, emit)
             reply = sequences[0, inputs["input_ids"].shape[1]:].tolist()
             _record(request, inputs["input_ids"], reply, [])
-            return EngineResult(_reason(reply, eos, limits.max_new_tokens), len(reply), 0,
+            return EngineResult(reason_for(reply, eos, limits.max_new_tokens), len(reply), 0,
                                 {"thinker_seconds": time.perf_counter() - started})
 
         inputs = _pad_one(inputs, tokenizer.pad_token_id)
@@ -107,7 +107,7 @@ class ReferenceEngine:
         _record(request, inputs["input_ids"][:, 1:], thinker_watch.generated, codes)
         if wave is not None and codes and not cancel.is_set():
             emit(AudioChunk(OUTPUT_SAMPLE_RATE, to_int16(wave.detach().float().cpu().numpy().reshape(-1))))
-        reason = _reason(thinker_watch.generated, eos, limits.max_new_tokens)
+        reason = reason_for(thinker_watch.generated, eos, limits.max_new_tokens)
         if reason == "finished" and len(codes) >= limits.max_codec_codes:
             reason = "length"
         return EngineResult(reason, reply_tokens, len(codes),
@@ -154,7 +154,8 @@ def _codes(talker_ids: list[int]) -> list[int]:
     return talker_ids
 
 
-def _reason(reply: list[int], eos, max_new_tokens: int) -> str:
+def reason_for(reply: list[int], eos, max_new_tokens: int) -> str:
+    """``finished`` when the reply ended by itself, ``length`` when it hit the limit."""
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
     if reply and reply[-1] in eos_ids:
         return "finished"

@@ -51,6 +51,10 @@ class Trace:
     prompt_ids: list[int] = field(default_factory=list)
     reply_ids: list[int] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)
+    #: Streaming engine only: the code2wav chunk plans, in mel frames.
+    chunks: list = field(default_factory=list)
+    #: Streaming engine only: (seconds since start, "token" | "code" | "chunk", running count).
+    timeline: list[tuple[float, str, int]] = field(default_factory=list)
 
 
 class Cancel:
@@ -97,11 +101,9 @@ class ModelService:
     def from_config(cls, config: ServiceConfig) -> "ModelService":
         """Load the model named in ``config`` and build the selected engine."""
         from .loader import load_model
-        from .reference import ReferenceEngine
 
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)
-        engines = {"reference": ReferenceEngine}
-        return cls(loaded, engines[config.engine]())
+        return cls(loaded, make_engine(config))
 
     @property
     def voices(self) -> list[str]:
@@ -190,6 +192,17 @@ class ModelService:
         reason = "cancelled" if cancelled else result.reason
         yield Done(reason, _stats(started, first_text, first_audio, result.text_tokens, result.codec_codes,
                                   audio_samples / OUTPUT_SAMPLE_RATE, self.engine.name, request, result.extra))
+
+
+def make_engine(config: ServiceConfig) -> Engine:
+    """The engine named in ``config``."""
+    if config.engine == "reference":
+        from .reference import ReferenceEngine
+
+        return ReferenceEngine()
+    from .streaming import StreamingEngine
+
+    return StreamingEngine(config.chunk_blocks)
 
 
 def _with_seed(request: Request, seed: int) -> Request:
