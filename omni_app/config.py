@@ -75,7 +75,7 @@ class ServiceConfig:
     engine: str = "streaming"
     #: Streaming code2wav chunk sizes in blocks of 0.24 s of speech; the last one repeats.
     #: A small first chunk starts the audio early; larger ones cut the context overhead.
-    chunk_blocks: tuple[int, ...] = (2, 2, 4, 8, 16)
+    chunk_blocks: tuple[int, ...] = (3, 3, 6, 12)
     media: MediaLimits = MediaLimits()
 
     def __post_init__(self) -> None:

@@ -105,6 +105,8 @@ class PreparedInputs:
     use_audio_in_video: bool
     prompt_tokens: int
     counts: dict = field(default_factory=dict)
+    #: The processor arguments besides the text (media, fps...), to re-run it if needed.
+    processor_kwargs: dict = field(default_factory=dict)
 
 
 def build_inputs(conversation: Conversation, processor) -> PreparedInputs:
@@ -172,6 +174,7 @@ def build_inputs(conversation: Conversation, processor) -> PreparedInputs:
         use_audio_in_video=use_audio_in_video,
         prompt_tokens=int(tensors["input_ids"].shape[1]),
         counts={"audio": len(audio_slots), "images": len(images), "videos": len(frames)},
+        processor_kwargs=kwargs,
     )
 
 

@@ -68,8 +68,23 @@ def photo_like_image(width: int = 480, height: int = 320):
 
 @pytest.fixture(scope="session")
 def service():
-    """One tiny model service for the whole session (loaded like a real checkpoint)."""
+    """One tiny model service for the whole session, with the default (streaming) engine."""
     from omni_app.config import ServiceConfig
     from omni_app.engine.service import ModelService
 
     return ModelService.from_config(ServiceConfig(model="tiny"))
+
+
+@pytest.fixture(scope="session")
+def reference_service(service):
+    """The same loaded model behind the reference engine (transformers' generate())."""
+    from omni_app.engine.reference import ReferenceEngine
+    from omni_app.engine.service import ModelService
+
+    return ModelService(service.loaded, ReferenceEngine())
+
+
+@pytest.fixture(params=["streaming", "reference"])
+def any_service(request, service, reference_service):
+    """Each engine in turn: both must keep the service's promises."""
+    return service if request.param == "streaming" else reference_service

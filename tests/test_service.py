@@ -1,4 +1,4 @@
-"""The model service on the tiny model: every modality, determinism, stats, cancel, errors."""
+"""The model service on the tiny model, with each engine: modalities, determinism, stats, cancel, errors."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def conversations(media_dir):
 
 
 @pytest.mark.parametrize("kind", ["text", "audio", "image", "video", "video+audio"])
-def test_every_modality_gets_text_and_speech(service, media_dir, kind):
+def test_every_modality_gets_text_and_speech(any_service, media_dir, kind):
     conv = conversations(media_dir)[kind]
-    events = run(service, Request(conv, voice="Chelsie", limits=SHORT, seed=3))
+    events = run(any_service, Request(conv, voice="Chelsie", limits=SHORT, seed=3))
     done = events[-1]
     chunks = [e for e in events if isinstance(e, AudioChunk)]
     assert chunks and all(c.sample_rate == 24000 and c.samples.dtype == np.int16 for c in chunks)
@@ -58,53 +58,53 @@ def test_every_modality_gets_text_and_speech(service, media_dir, kind):
     assert done.reason in ("finished", "length")
 
 
-def test_text_only_yields_no_audio(service, media_dir):
-    events = run(service, Request(conversations(media_dir)["image"], voice=None, limits=SHORT, seed=1))
+def test_text_only_yields_no_audio(any_service, media_dir):
+    events = run(any_service, Request(conversations(media_dir)["image"], voice=None, limits=SHORT, seed=1))
     assert not any(isinstance(e, AudioChunk) for e in events)
     assert events[-1].stats.codec_codes == 0 and events[-1].stats.time_to_first_audio is None
 
 
-def test_fixed_seed_repeats_exactly(service):
+def test_fixed_seed_repeats_exactly(any_service):
     request = Request(Conversation().add_user("Again"), voice="Ethan", limits=SHORT, seed=42)
-    first, second = run(service, request), run(service, request)
+    first, second = run(any_service, request), run(any_service, request)
     assert text_of(first) == text_of(second)
     assert np.array_equal(audio_of(first), audio_of(second))
-    other = run(service, Request(Conversation().add_user("Again"), voice="Ethan", limits=SHORT, seed=43))
+    other = run(any_service, Request(Conversation().add_user("Again"), voice="Ethan", limits=SHORT, seed=43))
     assert not np.array_equal(audio_of(first), audio_of(other))
 
 
-def test_voices_differ(service):
+def test_voices_differ(any_service):
     conv = Conversation().add_user("Voices")
-    chelsie = audio_of(run(service, Request(conv, voice="Chelsie", limits=SHORT, seed=5)))
-    ethan = audio_of(run(service, Request(conv, voice="Ethan", limits=SHORT, seed=5)))
+    chelsie = audio_of(run(any_service, Request(conv, voice="Chelsie", limits=SHORT, seed=5)))
+    ethan = audio_of(run(any_service, Request(conv, voice="Ethan", limits=SHORT, seed=5)))
     assert not np.array_equal(chelsie[: len(ethan)], ethan[: len(chelsie)])
 
 
-def test_stats_are_consistent(service):
+def test_stats_are_consistent(any_service):
     trace = Trace()
-    events = run(service, Request(Conversation().add_user("Stats"), limits=SHORT, seed=9, trace=trace))
+    events = run(any_service, Request(Conversation().add_user("Stats"), limits=SHORT, seed=9, trace=trace))
     stats = events[-1].stats
     assert stats.text_tokens == len(trace.reply_ids) == 12
     assert stats.codec_codes == len(trace.codes)
     assert 0 <= stats.time_to_first_text <= stats.time_to_first_audio <= stats.total_time
-    assert stats.engine == "reference" and stats.real_time_factor > 0
-    assert text_of(events) == service.loaded.processor.tokenizer.decode(trace.reply_ids, skip_special_tokens=True)
+    assert stats.engine == any_service.engine.name and stats.real_time_factor > 0
+    assert text_of(events) == any_service.loaded.processor.tokenizer.decode(trace.reply_ids, skip_special_tokens=True)
 
 
-def test_changed_system_prompt_warns(service):
+def test_changed_system_prompt_warns(any_service):
     conv = Conversation(system_prompt="You are a pirate.").add_user("Ahoy")
-    events = run(service, Request(conv, limits=SHORT, seed=1))
+    events = run(any_service, Request(conv, limits=SHORT, seed=1))
     assert isinstance(events[0], Notice) and "system prompt" in events[0].message
-    quiet = run(service, Request(conv, voice=None, limits=SHORT, seed=1))
+    quiet = run(any_service, Request(conv, voice=None, limits=SHORT, seed=1))
     assert not any(isinstance(e, Notice) for e in quiet)
 
 
-def test_cancel_stops_promptly_and_model_stays_usable(service):
+def test_cancel_stops_promptly_and_model_stays_usable(any_service):
     cancel = threading.Event()
     long = GenerationLimits(max_new_tokens=4000, max_speech_seconds=600)
     started = time.perf_counter()
     events = []
-    for event in service.stream(Request(Conversation().add_user("Go on and on"), limits=long, seed=1), cancel):
+    for event in any_service.stream(Request(Conversation().add_user("Go on and on"), limits=long, seed=1), cancel):
         events.append(event)
         if isinstance(event, TextDelta):
             cancel.set()
@@ -112,30 +112,30 @@ def test_cancel_stops_promptly_and_model_stays_usable(service):
     assert events[-1].reason == "cancelled"
     assert not any(isinstance(e, AudioChunk) for e in events)
     assert elapsed < 30
-    after = run(service, Request(Conversation().add_user("Still there?"), limits=SHORT, seed=1))
+    after = run(any_service, Request(Conversation().add_user("Still there?"), limits=SHORT, seed=1))
     assert after[-1].reason in ("finished", "length") and audio_of(after).size
 
 
-def test_closing_the_stream_releases_the_model(service):
-    stream = service.stream(Request(Conversation().add_user("Close me"), voice=None,
+def test_closing_the_stream_releases_the_model(any_service):
+    stream = any_service.stream(Request(Conversation().add_user("Close me"), voice=None,
                                     limits=GenerationLimits(max_new_tokens=4000), seed=1))
     assert isinstance(next(stream), TextDelta)
     stream.close()
-    assert run(service, Request(Conversation().add_user("Next"), voice=None, limits=SHORT, seed=1))
+    assert run(any_service, Request(Conversation().add_user("Next"), voice=None, limits=SHORT, seed=1))
 
 
-def test_one_token_reply_with_speech_does_not_crash(service):
-    events = run(service, Request(Conversation().add_user("Hi"), limits=GenerationLimits(max_new_tokens=1), seed=1))
+def test_one_token_reply_with_speech_does_not_crash(any_service):
+    events = run(any_service, Request(Conversation().add_user("Hi"), limits=GenerationLimits(max_new_tokens=1), seed=1))
     assert events[-1].stats.text_tokens == 1
     assert not any(isinstance(e, AudioChunk) for e in events)
 
 
-def test_generations_are_serialised(service):
+def test_generations_are_serialised(any_service):
     results, spans = {}, {}
 
     def worker(name):
         t0 = time.perf_counter()
-        results[name] = run(service, Request(Conversation().add_user(name), limits=SHORT, seed=2))
+        results[name] = run(any_service, Request(Conversation().add_user(name), limits=SHORT, seed=2))
         spans[name] = (t0, time.perf_counter())
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in ("one", "two")]
@@ -144,13 +144,13 @@ def test_generations_are_serialised(service):
     for t in threads:
         t.join()
     assert all(r[-1].reason in ("finished", "length") for r in results.values())
-    alone = run(service, Request(Conversation().add_user("one"), limits=SHORT, seed=2))
+    alone = run(any_service, Request(Conversation().add_user("one"), limits=SHORT, seed=2))
     assert np.array_equal(audio_of(alone), audio_of(results["one"]))
 
 
-def test_bad_requests_raise_clear_errors(service):
+def test_bad_requests_raise_clear_errors(any_service):
     with pytest.raises(RequestError, match="Unknown voice 'Nobody'"):
-        run(service, Request(Conversation().add_user("x"), voice="Nobody"))
+        run(any_service, Request(Conversation().add_user("x"), voice="Nobody"))
     with pytest.raises(RequestError, match="max_new_tokens"):
         GenerationLimits(max_new_tokens=0)
 
@@ -171,11 +171,11 @@ class _FailingEngine:
         return self.inner.run(loaded, prepared, request, emit_then_fail, cancel)
 
 
-def test_worker_errors_reach_the_consumer(service):
-    failing = ModelService(service.loaded, _FailingEngine(service.engine))
+def test_worker_errors_reach_the_consumer(any_service):
+    failing = ModelService(any_service.loaded, _FailingEngine(any_service.engine))
     seen = []
     with pytest.raises(RuntimeError, match="device lost"):
         for event in failing.stream(Request(Conversation().add_user("boom"), voice=None, limits=SHORT, seed=1)):
             seen.append(event)
     assert len(seen) == 1 and isinstance(seen[0], TextDelta)
-    assert run(service, Request(Conversation().add_user("fine"), voice=None, limits=SHORT, seed=1))
+    assert run(any_service, Request(Conversation().add_user("fine"), voice=None, limits=SHORT, seed=1))

@@ -76,7 +76,7 @@ class TalkerStepper:
     """The Talker's mask path (codec pad/bos rows, 3-D positions), one codec code per call."""
 
     def __init__(self, talker, embed_tokens, inputs: dict, use_audio_in_video: bool, voice_bos: int,
-                 sampling: bool, generator: torch.Generator | None) -> None:
+                 sampling: bool, generator: torch.Generator | None, decodable_codes: int) -> None:
         from transformers import (
             DynamicCache,
             LogitsProcessorList,
@@ -95,9 +95,15 @@ class TalkerStepper:
         self.device = inputs["input_ids"].device
         self.cache = DynamicCache(config=talker.config)
         self.generator = generator
-        # Same settings and order as generate() builds for the Talker.
+        # Same settings and order as generate() builds for the Talker. One addition: ids the
+        # speech decoder has no embedding for (>= its num_embeds, except the stop codes)
+        # are suppressed; generate() would crash in token2wav on them. With a trained
+        # Talker they carry no probability, so this changes nothing in practice.
+        vocab = talker.config.vocab_size
+        suppressed = {talker.codec_bos_token} | {i for i in range(decodable_codes, vocab)
+                                                 if i not in TALKER_STOP_CODES}
         processors = [RepetitionPenaltyLogitsProcessor(1.05),
-                      SuppressTokensLogitsProcessor([talker.codec_bos_token], device=self.device)]
+                      SuppressTokensLogitsProcessor(sorted(suppressed), device=self.device)]
         if sampling:
             processors += [TemperatureLogitsWarper(0.9), TopKLogitsWarper(40), TopPLogitsWarper(0.8)]
         self.processors = LogitsProcessorList(processors)

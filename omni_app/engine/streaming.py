@@ -74,7 +74,7 @@ class StreamingEngine:
             generator = _generator(request.seed, inputs["input_ids"].device)
             talker = TalkerStepper(model.talker, model.thinker.get_input_embeddings(), inputs,
                                    prepared.use_audio_in_video, int(voice["bos_token"]), request.speech_sampling,
-                                   generator)
+                                   generator, model.token2wav.code2wav_dit_model.config.num_embeds)
             noise = torch.randn((1, 2 * limits.max_codec_codes, 80), generator=_generator(request.seed, "cpu"))
             audio = StreamingCode2Wav(WindowDecoder(model.token2wav, voice["cond"], voice["ref_mel"]), noise,
                                       self.chunk_blocks)
