@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The options that choose and place the model (shared with the app's entry point)."""
-    parser.add_argument("--model", default=os.environ.get("OMNI_APP_MODEL", "tiny"),
-                        help="Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B, a local checkpoint folder, "
-                             "or 'tiny' (a small random model for trying the app offline; default: %(default)s)")
+    parser.add_argument("--model", default=os.environ.get("OMNI_APP_MODEL", "auto"),
+                        help="Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B, a local checkpoint folder, 'tiny' "
+                             "(a small random model for trying the app offline) or 'auto' (default: the 7B "
+                             "on a GPU with room for it, else the 3B on a GPU, else tiny)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                         help="weights precision (auto: bf16 on GPU, fp32 on CPU)")
@@ -65,7 +66,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         if args.command == "chat":
             return _chat(args)
@@ -142,7 +143,7 @@ def _write_wav(path: Path, chunks) -> None:
         raise RequestError(f"Could not write {path}: {exc}") from exc
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Library warnings and progress bars are noise on a command line."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

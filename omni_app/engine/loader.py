@@ -18,7 +18,7 @@ from ..errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-KNOWN_MODELS = ("Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2.5-Omni-3B", "tiny")
+KNOWN_MODELS = ("Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2.5-Omni-3B", "tiny", "auto")
 TINY = "tiny"
 #: Sample rate of the speech the model produces (BigVGAN output).
 OUTPUT_SAMPLE_RATE = 24000
@@ -81,6 +81,17 @@ def pick_attention(device) -> str:
     return "sdpa"
 
 
+def auto_model() -> str:
+    """The model ``auto`` means: 7B on a GPU with room for it, 3B on a smaller GPU, else tiny."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return TINY
+    memory = torch.cuda.get_device_properties(0).total_memory / 2**30
+    # bf16 weights + activations for short media: ~32 GB for 7B, ~20 GB for 3B (README).
+    return "Qwen/Qwen2.5-Omni-7B" if memory >= 40 else "Qwen/Qwen2.5-Omni-3B"
+
+
 def resolve_model_path(name: str) -> tuple[str, bool]:
     """Map ``tiny`` to the (built on demand) tiny checkpoint; pass ids and folders through."""
     if name == TINY:
@@ -98,6 +109,8 @@ def load_model(name: str = TINY, device: str | None = None, dtype: str | None = 
     from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniProcessor
 
     started = time.perf_counter()
+    if name == "auto":
+        name = auto_model()
     path, is_tiny = resolve_model_path(name)
     _check_local_folder(path)
     dev = pick_device(device)

@@ -1,0 +1,47 @@
+"""The whole web app: a banner, one tab per way of talking to the model."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from . import image_qa, video_chat, voice_chat
+from .reply import Backend
+
+#: All model work shares one queue: one GPU never runs two generations at once.
+GPU_QUEUE = "model"
+
+CSS = """
+#banner { padding: 0.6em 1em; border-radius: 8px; background: #fff4e5; border: 1px solid #f0b35b; }
+#banner p { margin: 0; }
+"""
+
+
+def banner_text(backend: Backend) -> str:
+    if backend.is_tiny:
+        return ("⚠️ **Tiny test model loaded** — its weights are random, so its replies are noise. "
+                "Everything else is real: use it to try the app. Start with `--model Qwen/Qwen2.5-Omni-7B` "
+                f"(or `-3B`) on a GPU for real answers. · {backend.description}")
+    return f"Model: {backend.description}"
+
+
+def build_app(backend: Backend) -> gr.Blocks:
+    """Compose the tabs. Launch with ``.queue().launch()`` (see app.py)."""
+    with gr.Blocks(title="omni_app · Qwen2.5-Omni") as demo:
+        gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
+                    "speech while it is still being generated.")
+        gr.Markdown(banner_text(backend), elem_id="banner")
+        stores = []
+        with gr.Tabs():
+            with gr.Tab("Voice chat", id="voice"):
+                stores.append(voice_chat.build(backend, GPU_QUEUE))
+            with gr.Tab("Video chat", id="video"):
+                stores.append(video_chat.build(backend, GPU_QUEUE))
+            with gr.Tab("Image Q&A", id="image"):
+                stores.append(image_qa.build(backend, GPU_QUEUE))
+
+        def forget(request: gr.Request):
+            for store in stores:
+                store.drop(request)
+
+        demo.unload(forget)
+    return demo

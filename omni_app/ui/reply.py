@@ -1,0 +1,117 @@
+"""The reply loop shared by every tab: model events in, chat view / audio / status out.
+
+Errors are turned into ``gr.Error`` here, in one place, after the failed turn has been
+taken back out of the shown history, so the session goes on as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import gradio as gr
+
+from ..config import GenerationLimits
+from ..conversation import Conversation, Part
+from ..engine.service import Request
+from ..errors import OmniError
+from ..events import AudioChunk, Done, Notice, Stats, TextDelta
+from .session import ChatSession
+from .zerogpu import on_gpu
+
+log = logging.getLogger(__name__)
+
+
+class Backend:
+    """What the UI needs from the model service (the UI never touches the model itself)."""
+
+    def __init__(self, service, limits: GenerationLimits, media) -> None:
+        self.service = service
+        self.limits = limits
+        self.media = media
+        self._generate = on_gpu(self._generate_on_gpu)
+
+    @property
+    def voices(self) -> list[str]:
+        return self.service.voices
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.service.loaded.is_tiny
+
+    @property
+    def description(self) -> str:
+        loaded = self.service.loaded
+        return f"{loaded.name} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')}), " \
+               f"{self.service.engine.name} engine"
+
+    def stream(self, conversation: Conversation, voice: str | None, cancel: threading.Event):
+        """The reply's events; the only call that needs the GPU."""
+        return self._generate(conversation, voice, cancel)
+
+    def _generate_on_gpu(self, conversation, voice, cancel):
+        yield from self.service.stream(Request(conversation, voice=voice, limits=self.limits), cancel)
+
+
+def format_status(done: Done) -> str:
+    """One line per reply: time to first text and audio, real-time factor."""
+    s: Stats = done.stats
+    parts = []
+    if done.reason == "cancelled":
+        parts.append("stopped")
+    elif done.reason == "length":
+        parts.append("cut at the length limit")
+    if s.time_to_first_text is not None:
+        parts.append(f"first text {s.time_to_first_text:.2f} s")
+    if s.time_to_first_audio is not None:
+        parts.append(f"first audio {s.time_to_first_audio:.2f} s")
+    if s.audio_seconds:
+        parts.append(f"{s.audio_seconds:.1f} s of speech, real-time factor {s.real_time_factor:.2f}")
+    parts.append(f"{s.text_tokens} tokens in {s.total_time:.2f} s")
+    return " · ".join(parts)
+
+
+def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: str,
+              voice: str | None) -> Iterator[tuple]:
+    """Answer one user turn. Yields ``(messages, audio, status)``; ``gr.skip()`` where unchanged."""
+    try:
+        conversation = session.conversation.add_user(*parts)
+    except OmniError as exc:
+        raise gr.Error(str(exc)) from exc
+    session.stop()  # a newer turn replaces a reply still running (barge-in)
+    cancel = threading.Event()
+    session.cancel = cancel
+    before = list(session.messages)
+    session.messages = before + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
+    yield list(session.messages), gr.skip(), "Thinking…"
+    text = ""
+    try:
+        for event in backend.stream(conversation, voice, cancel):
+            if isinstance(event, TextDelta):
+                text += event.text
+                session.messages[-1] = {"role": "assistant", "content": text}
+                yield list(session.messages), gr.skip(), gr.skip()
+            elif isinstance(event, AudioChunk):
+                yield gr.skip(), (event.sample_rate, event.samples), gr.skip()
+            elif isinstance(event, Notice):
+                gr.Warning(event.message)
+            elif isinstance(event, Done):
+                if not text:
+                    session.messages[-1] = {"role": "assistant", "content": "…"}
+                session.conversation = conversation.add_assistant(text)
+                yield list(session.messages), gr.skip(), format_status(event)
+    except OmniError as exc:
+        session.messages = before
+        yield before, gr.skip(), f"⚠️ {exc}"
+        raise gr.Error(str(exc)) from exc
+    except gr.Error:
+        raise
+    except Exception as exc:
+        log.exception("reply failed")
+        session.messages = before
+        yield before, gr.skip(), "⚠️ The reply failed."
+        raise gr.Error(f"The reply failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if session.cancel is cancel:
+            session.cancel = None

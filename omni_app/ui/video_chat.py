@@ -1,0 +1,111 @@
+"""Webcam video chat: the frames and the sound of each spoken turn go in as one video."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import numpy as np
+
+from ..conversation import AudioPart, VideoPart
+from ..errors import OmniError
+from ..media import frames_to_clip, smart_resize, video_frame_pixels
+from .mic import PAUSE_AUDIO_JS, feed_microphone, take_turn
+from .reply import Backend, run_reply
+from .session import ChatSession, SessionStore
+
+#: Frames from slightly before the speech started belong to the turn too.
+LEAD_SECONDS = 0.5
+
+
+def build(backend: Backend, gpu_queue: str) -> SessionStore:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+    sessions = SessionStore()
+    with gr.Row():
+        with gr.Column(scale=2):
+            camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
+                              elem_id="video-camera")
+            mic = gr.Audio(sources=["microphone"], streaming=True, label="Microphone: speak, then pause",
+                           elem_id="video-mic")
+            preview = gr.Image(label="What the model sees (2 frames per second, model resolution)",
+                               interactive=False, elem_id="video-preview")
+        with gr.Column(scale=3):
+            chat = gr.Chatbot(label="Conversation", height=420, elem_id="video-chat")
+            status = gr.Markdown("", elem_id="video-status")
+            reply_audio = gr.Audio(label="Spoken reply", streaming=True, autoplay=True, interactive=False,
+                                   elem_id="video-reply")
+            voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice")
+            speak = gr.Checkbox(True, label="Speak the reply")
+            with gr.Row():
+                stop = gr.Button("Stop", variant="stop")
+                clear = gr.Button("Clear")
+    turn = gr.Number(value=0, visible="hidden", elem_id="video-turn")
+    barge = gr.Number(value=0, visible="hidden")
+
+    def on_frame(frame, request: gr.Request):
+        if frame is None:
+            return gr.skip()
+        session = sessions.get(request)
+        session.add_frame(frame)
+        return model_view(frame, backend)
+
+    def on_mic(chunk, request: gr.Request):
+        return feed_microphone(sessions.get(request), chunk)
+
+    def reply_to_turn(voice_name, speak_on, request: gr.Request):
+        session = sessions.get(request)
+        audio = take_turn(session)
+        if audio is None:
+            return
+        seconds = len(audio) / 16000
+        try:
+            part = turn_part(session, audio, backend)
+        except OmniError as exc:
+            raise gr.Error(str(exc)) from exc
+        if isinstance(part, AudioPart):
+            gr.Warning("No webcam frames arrived during this turn: only the sound was sent.")
+            shown = f"🎤 ({seconds:.1f} s)"
+        else:
+            shown = f"🎥 {len(part.clip.frames)} frames + 🎤 ({seconds:.1f} s)"
+        yield from run_reply(backend, session, [part], shown, voice_name if speak_on else None)
+
+    def on_stop(request: gr.Request):
+        sessions.get(request).stop()
+
+    def on_clear(request: gr.Request):
+        sessions.get(request).clear()
+        return [], None, ""
+
+    outputs = [chat, reply_audio, status]
+    camera.stream(on_frame, inputs=[camera], outputs=[preview], stream_every=0.5, concurrency_limit=None,
+                  show_progress="hidden", api_visibility="private")
+    mic.stream(on_mic, inputs=[mic], outputs=[turn, barge], stream_every=0.25, concurrency_limit=None,
+               show_progress="hidden", api_visibility="private")
+    barge.change(None, js=PAUSE_AUDIO_JS)
+    by_voice = turn.change(reply_to_turn, inputs=[voice, speak], outputs=outputs, concurrency_limit=1,
+                           concurrency_id=gpu_queue, api_visibility="private")
+    stop.click(on_stop, js=PAUSE_AUDIO_JS, queue=False, cancels=[by_voice], api_visibility="private")
+    clear.click(on_clear, outputs=outputs, queue=False, cancels=[by_voice], api_visibility="private")
+    return sessions
+
+
+def turn_part(session: ChatSession, audio: np.ndarray, backend: Backend):
+    """The turn as the model takes it: the frames during the speech, at 2 fps, with its sound."""
+    ended = time.monotonic()
+    started = ended - len(audio) / 16000 - LEAD_SECONDS
+    stamped = [(t, f) for t, f in list(session.frames) if started <= t <= ended]
+    if not stamped:
+        return AudioPart(audio)
+    times = np.array([t for t, _ in stamped]) - stamped[0][0]
+    clip = frames_to_clip([f for _, f in stamped], times, backend.media, audio=audio)
+    return VideoPart(clip)
+
+
+def model_view(frame: np.ndarray, backend: Backend) -> np.ndarray:
+    """The frame resized to the resolution the model will get it at."""
+    from PIL import Image
+
+    limits = backend.media
+    height, width = frame.shape[:2]
+    h, w = smart_resize(height, width, limits.video_min_pixels, video_frame_pixels(4, limits))
+    return np.asarray(Image.fromarray(frame).resize((w, h)))

@@ -1,0 +1,87 @@
+"""Voice chat tab: talk, pause, and hear the answer begin while its text still arrives."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..conversation import AudioPart
+from ..errors import OmniError
+from ..media import audio_from_array
+from .mic import PAUSE_AUDIO_JS, feed_microphone, take_turn
+from .reply import Backend, run_reply
+from .session import SessionStore
+
+
+def build(backend: Backend, gpu_queue: str) -> SessionStore:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+    sessions = SessionStore()
+    with gr.Row():
+        with gr.Column(scale=3):
+            chat = gr.Chatbot(label="Conversation", height=420, elem_id="voice-chat")
+            status = gr.Markdown("", elem_id="voice-status")
+            reply_audio = gr.Audio(label="Spoken reply", streaming=True, autoplay=True, interactive=False,
+                                   elem_id="voice-reply")
+        with gr.Column(scale=2):
+            mic = gr.Audio(sources=["microphone"], streaming=True, label="Microphone: speak, then pause",
+                           elem_id="voice-mic")
+            with gr.Accordion("Push to talk", open=False):
+                recording = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Record, then send")
+                send_recording = gr.Button("Send recording")
+            text = gr.Textbox(label="Or type", placeholder="Type a message and press Enter", elem_id="voice-text")
+            voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice")
+            speak = gr.Checkbox(True, label="Speak the reply")
+            with gr.Row():
+                stop = gr.Button("Stop", variant="stop")
+                clear = gr.Button("Clear")
+    turn = gr.Number(value=0, visible="hidden", elem_id="voice-turn")
+    barge = gr.Number(value=0, visible="hidden")
+
+    def on_mic(chunk, request: gr.Request):
+        return feed_microphone(sessions.get(request), chunk)
+
+    def reply_to_turn(voice_name, speak_on, request: gr.Request):
+        session = sessions.get(request)
+        audio = take_turn(session)
+        if audio is None:
+            return
+        seconds = len(audio) / 16000
+        yield from run_reply(backend, session, [AudioPart(audio)], f"🎤 ({seconds:.1f} s)",
+                             voice_name if speak_on else None)
+
+    def reply_to_text(message, voice_name, speak_on, request: gr.Request):
+        if not message or not message.strip():
+            raise gr.Error("Type a message first.")
+        yield from run_reply(backend, sessions.get(request), [message], message, voice_name if speak_on else None)
+
+    def reply_to_recording(recorded, voice_name, speak_on, request: gr.Request):
+        if recorded is None:
+            raise gr.Error("Record something first (or upload an audio file).")
+        try:
+            audio = audio_from_array(recorded[1], recorded[0], backend.media)
+        except OmniError as exc:
+            raise gr.Error(str(exc)) from exc
+        yield from run_reply(backend, sessions.get(request), [AudioPart(audio)],
+                             f"🎤 ({len(audio) / 16000:.1f} s)", voice_name if speak_on else None)
+
+    def on_stop(request: gr.Request):
+        sessions.get(request).stop()
+
+    def on_clear(request: gr.Request):
+        sessions.get(request).clear()
+        return [], None, ""
+
+    outputs = [chat, reply_audio, status]
+    common = dict(outputs=outputs, concurrency_limit=1, concurrency_id=gpu_queue)
+    mic.stream(on_mic, inputs=[mic], outputs=[turn, barge], stream_every=0.25, concurrency_limit=None,
+               show_progress="hidden", api_visibility="private")
+    barge.change(None, js=PAUSE_AUDIO_JS)
+    by_voice = turn.change(reply_to_turn, inputs=[voice, speak], api_visibility="private", **common)
+    by_text = text.submit(reply_to_text, inputs=[text, voice, speak], api_name="voice_chat_text", **common)
+    text.submit(lambda: "", outputs=[text], queue=False, api_visibility="private")
+    by_recording = send_recording.click(reply_to_recording, inputs=[recording, voice, speak],
+                                        api_name="voice_chat_recording", **common)
+    stop.click(on_stop, js=PAUSE_AUDIO_JS, queue=False, cancels=[by_voice, by_text, by_recording],
+               api_visibility="private")
+    clear.click(on_clear, outputs=outputs, queue=False, cancels=[by_voice, by_text, by_recording],
+                api_visibility="private")
+    return sessions
