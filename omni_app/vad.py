@@ -104,7 +104,7 @@ class TurnDetector:
                 self._speech = None
                 self.speaking = False
                 self._preroll = np.zeros(0, np.float32)
-                if len(utterance) >= (self.options.min_speech_ms + pad) * MODEL_SAMPLE_RATE / 1000:
+                if len(utterance) >= self.options.min_speech_ms * MODEL_SAMPLE_RATE / 1000 + pad:
                     events.append(TurnEnded(utterance))
         return events
 

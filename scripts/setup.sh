@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything omni_app needs on a fresh machine (idempotent, fast when done):
-#   - system packages: ffmpeg (media decoding, streamed audio), espeak-ng and sox (test speech)
+#   - system packages: ffmpeg (media decoding, streamed audio), espeak-ng and sox (test speech),
+#     chromium (browser tests)
 #   - a Python 3.11 virtual environment in .venv with requirements-dev.txt
 # Usage: scripts/setup.sh            (sourced by scripts/run.sh and scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SYSTEM_PACKAGES=(ffmpeg espeak-ng sox)
+SYSTEM_PACKAGES=(ffmpeg espeak-ng sox chromium)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -88,3 +88,58 @@ def reference_service(service):
 def any_service(request, service, reference_service):
     """Each engine in turn: both must keep the service's promises."""
     return service if request.param == "streaming" else reference_service
+
+
+class LiveApp:
+    """``python app.py`` on a free port, its log kept for the tests to read."""
+
+    def __init__(self, url: str, log: Path, process) -> None:
+        self.url = url
+        self.log = log
+        self.process = process
+
+    def turn_end_times(self) -> list[float]:
+        """Epoch seconds of each end of a spoken turn, as the app logged them."""
+        import re
+
+        return [float(m) for m in re.findall(r"turn ended at ([0-9.]+)", self.log.read_text())]
+
+
+@pytest.fixture(scope="session")
+def live_app(tmp_path_factory, _isolated_cache):
+    """The web app with the tiny model, launched as a user would, for client and browser tests."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--model", "tiny", "--port", str(port), "--max-new-tokens", "24",
+         "--max-speech-seconds", "2"], cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"app.py exited early:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"app.py did not start:\n{log.read_text()[-3000:]}")
+    yield LiveApp(url, log, process)
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    handle.close()

@@ -60,7 +60,7 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
         session = sessions.get(request)
         # Each question is about the image shown now: the conversation restarts with it.
         session.conversation = Conversation()
-        shown = ("🖼️ " + text.strip()) if has_text else "🖼️ 🎤 (spoken question)"
+        shown = ("(image) " + text.strip()) if has_text else "(image, spoken question)"
         yield from run_reply(backend, session, parts, shown, voice_name if speak_on else None)
 
     def on_clear(request: gr.Request):

@@ -49,10 +49,10 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
         session.add_frame(frame)
         return model_view(frame, backend)
 
-    def on_mic(chunk, request: gr.Request):
+    def video_on_mic(chunk, request: gr.Request):
         return feed_microphone(sessions.get(request), chunk)
 
-    def reply_to_turn(voice_name, speak_on, request: gr.Request):
+    def video_reply_to_turn(voice_name, speak_on, request: gr.Request):
         session = sessions.get(request)
         audio = take_turn(session)
         if audio is None:
@@ -64,28 +64,28 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
             raise gr.Error(str(exc)) from exc
         if isinstance(part, AudioPart):
             gr.Warning("No webcam frames arrived during this turn: only the sound was sent.")
-            shown = f"🎤 ({seconds:.1f} s)"
+            shown = f"(spoken, {seconds:.1f} s)"
         else:
-            shown = f"🎥 {len(part.clip.frames)} frames + 🎤 ({seconds:.1f} s)"
+            shown = f"(video: {len(part.clip.frames)} frames at 2 fps, spoken {seconds:.1f} s)"
         yield from run_reply(backend, session, [part], shown, voice_name if speak_on else None)
 
-    def on_stop(request: gr.Request):
+    def video_on_stop(request: gr.Request):
         sessions.get(request).stop()
 
-    def on_clear(request: gr.Request):
+    def video_on_clear(request: gr.Request):
         sessions.get(request).clear()
         return [], None, ""
 
     outputs = [chat, reply_audio, status]
     camera.stream(on_frame, inputs=[camera], outputs=[preview], stream_every=0.5, concurrency_limit=None,
                   show_progress="hidden", api_visibility="private")
-    mic.stream(on_mic, inputs=[mic], outputs=[turn, barge], stream_every=0.25, concurrency_limit=None,
+    mic.stream(video_on_mic, inputs=[mic], outputs=[turn, barge], stream_every=0.25, concurrency_limit=None,
                show_progress="hidden", api_visibility="private")
     barge.change(None, js=PAUSE_AUDIO_JS)
-    by_voice = turn.change(reply_to_turn, inputs=[voice, speak], outputs=outputs, concurrency_limit=1,
+    by_voice = turn.change(video_reply_to_turn, inputs=[voice, speak], outputs=outputs, concurrency_limit=1,
                            concurrency_id=gpu_queue, api_visibility="private")
-    stop.click(on_stop, js=PAUSE_AUDIO_JS, queue=False, cancels=[by_voice], api_visibility="private")
-    clear.click(on_clear, outputs=outputs, queue=False, cancels=[by_voice], api_visibility="private")
+    stop.click(video_on_stop, js=PAUSE_AUDIO_JS, queue=False, cancels=[by_voice], api_visibility="private")
+    clear.click(video_on_clear, outputs=outputs, queue=False, cancels=[by_voice], api_visibility="private")
     return sessions
 
 

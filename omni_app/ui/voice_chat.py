@@ -45,7 +45,7 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
         if audio is None:
             return
         seconds = len(audio) / 16000
-        yield from run_reply(backend, session, [AudioPart(audio)], f"🎤 ({seconds:.1f} s)",
+        yield from run_reply(backend, session, [AudioPart(audio)], f"(spoken, {seconds:.1f} s)",
                              voice_name if speak_on else None)
 
     def reply_to_text(message, voice_name, speak_on, request: gr.Request):
@@ -61,7 +61,7 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
         except OmniError as exc:
             raise gr.Error(str(exc)) from exc
         yield from run_reply(backend, sessions.get(request), [AudioPart(audio)],
-                             f"🎤 ({len(audio) / 16000:.1f} s)", voice_name if speak_on else None)
+                             f"(spoken, {len(audio) / 16000:.1f} s)", voice_name if speak_on else None)
 
     def on_stop(request: gr.Request):
         sessions.get(request).stop()

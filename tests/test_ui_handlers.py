@@ -1,0 +1,140 @@
+"""Tab callbacks called directly, as gradio calls them, with real media and the tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+
+import gradio as gr
+import numpy as np
+import pytest
+import soundfile as sf
+
+from omni_app.config import GenerationLimits, MediaLimits
+from omni_app.ui.app import build_app
+from omni_app.ui.reply import Backend
+
+LIMITS = GenerationLimits(max_new_tokens=16, max_speech_seconds=1.5)
+
+
+@pytest.fixture(scope="module")
+def app(service):
+    demo = build_app(Backend(service, LIMITS, MediaLimits()))
+    return {f.name: f.fn for f in demo.fns.values() if f.fn is not None}
+
+
+def session(name="s1"):
+    return gr.Request(session_hash=name)
+
+
+def collect(outputs):
+    chats, audio, statuses = [], [], []
+    for chat, sound, status in outputs:
+        if isinstance(chat, list):
+            chats.append(chat)
+        if isinstance(sound, tuple):
+            audio.append(sound)
+        if isinstance(status, str):
+            statuses.append(status)
+    return chats, audio, statuses
+
+
+def test_text_turn_streams_history_and_int16_audio(app):
+    chats, audio, statuses = collect(app["reply_to_text"]("Hello there", "Chelsie", True, session("text")))
+    assert len(chats) > 2
+    assert [len(c) for c in chats][-1] == 2 and chats[-1][0]["content"] == "Hello there"
+    lengths = [len(c[-1]["content"]) for c in chats]
+    assert lengths == sorted(lengths) and lengths[-1] > 0  # the reply grows
+    assert len(audio) >= 2 and all(sr == 24000 and s.dtype == np.int16 for sr, s in audio)
+    assert "first audio" in statuses[-1]
+    # Memory per session: the next turn is appended to the same history.
+    chats2, _, _ = collect(app["reply_to_text"]("And then?", "Ethan", False, session("text")))
+    assert len(chats2[-1]) == 4
+    other, _, _ = collect(app["reply_to_text"]("Hi", "Ethan", False, session("other")))
+    assert len(other[-1]) == 2
+
+
+def test_speech_off_gives_no_audio(app):
+    _, audio, _ = collect(app["reply_to_text"]("Quiet", "Chelsie", False, session("quiet")))
+    assert audio == []
+
+
+def test_errors_become_gr_error_and_history_survives(app, media_dir, tmp_path):
+    chats, _, _ = collect(app["reply_to_text"]("First", "Chelsie", False, session("err")))
+    with pytest.raises(gr.Error, match="Type a message"):
+        list(app["reply_to_text"]("  ", "Chelsie", False, session("err")))
+    silent = (16000, np.zeros(16000, np.int16))
+    with pytest.raises(gr.Error, match="silent"):
+        list(app["reply_to_recording"](silent, "Chelsie", False, session("err")))
+    with pytest.raises(gr.Error, match="Add an image"):
+        list(app["answer"](None, "What?", None, "Chelsie", False, session("err")))
+    with pytest.raises(gr.Error, match="Unknown voice"):
+        list(app["reply_to_text"]("Hello", "Nobody", True, session("err")))
+    after, _, _ = collect(app["reply_to_text"]("Second", "Chelsie", False, session("err")))
+    assert [m["content"] for m in after[-1] if m["role"] == "user"] == ["First", "Second"]
+
+
+def test_image_question_by_text_and_voice(app, media_dir):
+    from PIL import Image
+
+    image = Image.open(media_dir / "photo.jpg")
+    chats, audio, _ = collect(app["answer"](image, "What is this?", None, "Ethan", True, session("img")))
+    assert chats[-1][-1]["role"] == "assistant" and chats[-1][-1]["content"]
+    assert audio
+    data, rate = sf.read(str(media_dir / "speech.wav"), dtype="int16")
+    chats, _, _ = collect(app["answer"](image, "", (rate, data), "Ethan", False, session("img")))
+    assert "spoken question" in chats[-1][-2]["content"]
+
+
+def speech_chunks(tmp_path, text: str, pause_s: float = 1.5):
+    """espeak-ng speech at 48 kHz int16 followed by silence, cut like a browser microphone."""
+    wav = tmp_path / "turn.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
+    raw = tmp_path / "turn48.wav"
+    subprocess.run(["sox", str(wav), "-r", "48000", "-c", "1", "-b", "16", str(raw), "pad", "0.3", str(pause_s)],
+                   check=True)
+    data, rate = sf.read(str(raw), dtype="int16")
+    step = rate // 4
+    return [(rate, data[i:i + step]) for i in range(0, len(data), step)]
+
+
+def test_voice_turn_by_voice_activity(app, tmp_path):
+    turns = []
+    for chunk in speech_chunks(tmp_path, "What is the weather like today?"):
+        turn, _ = app["on_mic"](chunk, session("vad"))
+        if not isinstance(turn, dict):
+            turns.append(turn)
+    assert turns == [1]
+    chats, audio, _ = collect(app["reply_to_turn"]("Chelsie", True, session("vad")))
+    assert chats[-1][0]["content"].startswith("(spoken")
+    assert audio
+
+
+def test_speaking_during_a_reply_stops_it(app, tmp_path):
+    chunks = speech_chunks(tmp_path, "Tell me a story please.")
+    for chunk in chunks:
+        app["on_mic"](chunk, session("barge"))
+    reply = app["reply_to_turn"]("Chelsie", True, session("barge"))
+    next(reply)  # the reply has started
+    barged = None
+    for chunk in chunks:
+        _, barge = app["on_mic"](chunk, session("barge"))
+        if not isinstance(barge, dict):
+            barged = barge
+    assert barged is not None
+    rest = list(reply)
+    assert "stopped" in [s for _, _, s in rest if isinstance(s, str)][-1]
+
+
+def test_video_turn_uses_webcam_frames(app, tmp_path, media_dir):
+    from omni_app.media import load_video
+
+    clip = load_video(media_dir / "mute.mp4")
+    preview = app["on_frame"](clip.frames[0], session("cam"))
+    assert preview.shape[0] % 28 == 0 and preview.shape[1] % 28 == 0
+    for chunk in speech_chunks(tmp_path, "What do you see?"):
+        for frame in clip.frames[:1]:
+            app["on_frame"](frame, session("cam"))
+        app["video_on_mic"](chunk, session("cam"))
+    chats, audio, _ = collect(app["video_reply_to_turn"]("Chelsie", True, session("cam")))
+    assert chats[-1][0]["content"].startswith("(video")
+    assert audio
