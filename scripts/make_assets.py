@@ -55,7 +55,7 @@ def chart(w=640, h=420):
     d.line([60, 360, 600, 360], fill="black", width=2)
     d.line([60, 40, 60, 360], fill="black", width=2)
     values = [120, 180, 150, 260, 300, 240]
-    for i, (month, v) in enumerate(zip(["Jan", "Feb", "Mar", "Apr", "May", "Jun"], values)):
+    for i, (month, v) in enumerate(zip(["Jan", "Feb", "Mar", "Apr", "May", "Jun"], values, strict=True)):
         x = 90 + i * 85
         d.rectangle([x, 360 - v, x + 50, 360], fill=(60, 120, 200))
         d.text((x + 12, 368), month, fill="black")
