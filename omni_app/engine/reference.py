@@ -86,9 +86,10 @@ class ReferenceEngine:
         # The Talker's prompt is the thinker prompt plus 2 rows (voice bos and first reply token).
         talker_watch = _Watch(cancel, prompt_length + 2)
         wave = None
+        speaker = _register(model, request.voice)
         try:
             _, wave = model.generate(
-                **inputs, speaker=request.voice, use_audio_in_video=prepared.use_audio_in_video,
+                **inputs, speaker=speaker, use_audio_in_video=prepared.use_audio_in_video,
                 thinker_max_new_tokens=limits.max_new_tokens, thinker_do_sample=False,
                 thinker_streamer=streamer, thinker_stopping_criteria=[thinker_watch],
                 talker_max_new_tokens=limits.max_codec_codes, talker_stopping_criteria=[talker_watch],
@@ -101,6 +102,9 @@ class ReferenceEngine:
             # Talker that stops before its first code, or a cancel that cut either short.
             if not (cancel.is_set() or streamer.count < 2 or _codes(talker_watch.generated) == []):
                 raise
+        finally:
+            if speaker != request.voice.name:
+                model.speaker_map.pop(speaker, None)
         _flush(decoder, emit)
         reply_tokens = streamer.count
         codes = _codes(talker_watch.generated)
@@ -112,6 +116,20 @@ class ReferenceEngine:
             reason = "length"
         return EngineResult(reason, reply_tokens, len(codes),
                             {"generate_seconds": time.perf_counter() - started})
+
+
+def _register(model, voice) -> str:
+    """The speaker name generate() should use; a custom voice is added for this call only.
+
+    generate() only takes a name from the model's speaker map. Generations are serialised
+    by the service's lock, so the temporary entry is never seen by another request.
+    """
+    stock = model.speaker_map.get(voice.name)
+    if stock is not None and not voice.custom:
+        return voice.name
+    key = f"custom:{voice.name}"
+    model.speaker_map[key] = voice.as_speaker()
+    return key
 
 
 def _record(request: Request, prompt_ids, reply: list[int], codes: list[int]) -> None:

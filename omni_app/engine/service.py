@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +22,7 @@ from ..config import GenerationLimits, ServiceConfig
 from ..conversation import Conversation, PreparedInputs, build_inputs
 from ..errors import RequestError
 from ..events import AudioChunk, Done, Event, Notice, Stats, TextDelta
+from ..voices import Voice
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,17 @@ class Request:
     """One reply to generate."""
 
     conversation: Conversation
-    #: Voice name, or ``None`` for a text-only reply.
-    voice: str | None = "Chelsie"
+    #: A voice name, a :class:`~omni_app.voices.Voice` (e.g. a session's custom voice),
+    #: or ``None`` for a text-only reply.
+    voice: "str | Voice | None" = "Chelsie"
     limits: GenerationLimits = GenerationLimits()
     #: Fixes the sampling of the speech; ``None`` picks a random seed (reported in stats).
     seed: int | None = None
     #: Sample speech codes as the model card recommends (top-k 40, top-p 0.8, T 0.9);
     #: ``False`` decodes them greedily (repeatable without a seed; used for comparisons).
     speech_sampling: bool = True
+    #: Exact-text speech: speak these words (the conversation is not used). Streaming engine.
+    speak_text: str | None = None
     #: Filled in by the engine for the caller that wants to look inside (ids, codes).
     trace: "Trace | None" = field(default=None, compare=False)
 
@@ -96,6 +100,21 @@ class ModelService:
         self.loaded = loaded
         self.engine = engine
         self._lock = threading.Lock()
+        self._voices = {name: Voice.from_speaker(name, entry) for name, entry in loaded.voices.items()}
+        self._stock = list(loaded.voice_names)
+
+    def add_voices(self, voices: list[Voice]) -> None:
+        """Make saved custom voices selectable by name (stock voices keep their names)."""
+        for voice in voices:
+            if voice.name in self._stock:
+                raise RequestError(f"A custom voice can't take the name of the stock voice {voice.name!r}.")
+            self._voices[voice.name] = voice
+
+    def voice(self, name: str) -> Voice:
+        """The voice called ``name``."""
+        if name not in self._voices:
+            raise RequestError(f"Unknown voice {name!r}; choose one of {', '.join(self.voices)}.")
+        return self._voices[name]
 
     @classmethod
     def from_config(cls, config: ServiceConfig) -> "ModelService":
@@ -107,29 +126,41 @@ class ModelService:
 
     @property
     def voices(self) -> list[str]:
-        return self.loaded.voice_names
+        """Voice names: the stock ones first, then saved custom voices."""
+        return self._stock + sorted(n for n in self._voices if n not in self._stock)
+
+    @property
+    def stock_voices(self) -> list[str]:
+        return list(self._stock)
 
     def warmup(self) -> None:
         """Run one short request so the first user does not pay for lazy initialisation."""
         conversation = Conversation().add_user("Hello")
         limits = GenerationLimits(max_new_tokens=4, max_speech_seconds=0.5)
-        for _ in self.stream(Request(conversation, voice=self.voices[0], limits=limits, seed=0)):
+        for _ in self.stream(Request(conversation, voice=self._stock[0], limits=limits, seed=0)):
             pass
 
     def stream(self, request: Request, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Generate the reply to ``request`` as events; the last one is always :class:`Done`."""
         started = time.perf_counter()
-        if request.voice is not None and request.voice not in self.loaded.voices:
-            raise RequestError(
-                f"Unknown voice {request.voice!r}; choose one of {', '.join(self.voices)}."
-            )
-        if request.voice is not None:
-            warning = request.conversation.speech_prompt_warning()
-            if warning:
-                yield Notice(warning)
+        voice = self.voice(request.voice) if isinstance(request.voice, str) else request.voice
         if request.seed is None:
-            request = _with_seed(request, random.randrange(2**31))
-        prepared = build_inputs(request.conversation, self.loaded.processor)
+            request = replace(request, seed=random.randrange(2**31))
+        request = replace(request, voice=voice)
+        if request.speak_text is not None:
+            if voice is None:
+                raise RequestError("Speaking a text needs a voice.")
+            if not request.speak_text.strip():
+                raise RequestError("There is no text to speak: type some first.")
+            if not getattr(self.engine, "speaks_text", False):
+                raise RequestError("Exact-text speech needs the streaming engine (--engine streaming).")
+            prepared = None
+        else:
+            if voice is not None:
+                warning = request.conversation.speech_prompt_warning()
+                if warning:
+                    yield Notice(warning)
+            prepared = build_inputs(request.conversation, self.loaded.processor)
 
         closed = threading.Event()
         stop = Cancel(cancel, closed)
@@ -203,12 +234,6 @@ def make_engine(config: ServiceConfig) -> Engine:
     from .streaming import StreamingEngine
 
     return StreamingEngine(config.chunk_blocks)
-
-
-def _with_seed(request: Request, seed: int) -> Request:
-    from dataclasses import replace
-
-    return replace(request, seed=seed)
 
 
 def _stats(started, first_text, first_audio, tokens, codes, audio_seconds, engine, request, extra=None) -> Stats:

@@ -18,15 +18,18 @@ TALKER_STOP_CODES = (8292, 8294)
 
 
 class ThinkerStepper:
-    """Greedy Thinker decoding with its KV cache, one token per call."""
+    """Greedy (or teacher-forced) Thinker decoding with its KV cache, one token per call."""
 
-    def __init__(self, thinker, inputs: dict, use_audio_in_video: bool, want_vectors: bool) -> None:
+    def __init__(self, thinker, inputs: dict, use_audio_in_video: bool, want_vectors: bool,
+                 forced: list[int] | None = None) -> None:
         from transformers import DynamicCache
 
         self.thinker = thinker
         self.inputs = inputs
         self.use_audio_in_video = use_audio_in_video
         self.want_vectors = want_vectors
+        #: Teacher forcing: these tokens are the reply, whatever the logits say.
+        self.forced = forced
         self.cache = DynamicCache(config=thinker.config.get_text_config())
         self.tokens: list[int] = []
         self.prompt_rows: torch.Tensor | None = None  # talker prefill rows for the prompt
@@ -67,7 +70,10 @@ class ThinkerStepper:
         return self._take(out.logits), vector
 
     def _take(self, logits: torch.Tensor) -> int:
-        token = int(logits[0, -1].argmax())
+        if self.forced is not None:
+            token = self.forced[len(self.tokens)]
+        else:
+            token = int(logits[0, -1].argmax())
         self.tokens.append(token)
         return token
 

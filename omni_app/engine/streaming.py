@@ -19,8 +19,9 @@ from collections.abc import Callable
 import torch
 
 from ..config import ServiceConfig
-from ..conversation import PreparedInputs
+from ..conversation import Conversation, PreparedInputs, build_inputs
 from ..events import AudioChunk, Event, TextDelta
+from ..voices import split_sentences
 from .code2wav import StreamingCode2Wav, WindowDecoder
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
 from .reference import _to_device, reason_for
@@ -28,28 +29,57 @@ from .service import Cancel, EngineResult, Request, to_int16
 from .stepper import TALKER_STOP_CODES, TalkerStepper, ThinkerStepper
 from .text import IncrementalDecoder
 
+#: The user turn in exact-text mode; the reply is then forced to be the text itself.
+READ_ALOUD = "Read this text aloud, exactly as written:\n"
+
 
 class StreamingEngine:
     """Streams text and speech while both are still being generated."""
 
     name = "streaming"
+    speaks_text = True
 
     def __init__(self, chunk_blocks: tuple[int, ...] = ServiceConfig.chunk_blocks) -> None:
         self.chunk_blocks = tuple(chunk_blocks)
 
     @torch.no_grad()
-    def run(self, loaded: LoadedModel, prepared: PreparedInputs, request: Request,
+    def run(self, loaded: LoadedModel, prepared: PreparedInputs | None, request: Request,
             emit: Callable[[Event], None], cancel: Cancel) -> EngineResult:
+        run = _Run()
+        device = loaded.device
+        # One random stream for the Talker's sampling, one for the decoder's noise.
+        randomness = (_generator(request.seed, device), _generator(request.seed, "cpu"))
+        trace = request.trace
+        if trace is not None:
+            trace.reply_ids, trace.codes, trace.chunks = [], [], []
+        if request.speak_text is None:
+            reason = self._utterance(loaded, prepared, request, emit, cancel, run, randomness, None)
+        else:
+            # Exact-text speech: each sentence is the Thinker's reply, teacher-forced, so the
+            # Talker gets exactly these words; sentences follow each other without a gap.
+            tokenizer = loaded.processor.tokenizer
+            reason = "finished"
+            for segment in split_sentences(request.speak_text):
+                if cancel.is_set():
+                    break
+                segment_inputs = build_inputs(Conversation().add_user(READ_ALOUD + segment), loaded.processor)
+                forced = tokenizer(segment, add_special_tokens=False).input_ids + [_eos_ids(loaded.model)[0]]
+                reason = self._utterance(loaded, segment_inputs, request, emit, cancel, run, randomness, forced)
+        if trace is not None:
+            trace.timeline = run.timeline
+        return EngineResult(reason, run.tokens, run.codes, run.stats())
+
+    def _utterance(self, loaded, prepared, request, emit, cancel, run, randomness, forced) -> str:
+        """One reply (or one forced sentence) through Thinker, Talker and code2wav."""
         model = loaded.model
         inputs = _to_device(prepared.tensors, loaded)
         limits = request.limits
-        eos = model.thinker.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-        speak = request.voice is not None
-        run = _Run()
+        max_tokens = len(forced) if forced is not None else limits.max_new_tokens
+        eos_ids = set(_eos_ids(model))
+        voice = request.voice
         decoder = IncrementalDecoder(loaded.processor.tokenizer)
-
-        thinker = ThinkerStepper(model.thinker, inputs, prepared.use_audio_in_video, want_vectors=speak)
+        thinker = ThinkerStepper(model.thinker, inputs, prepared.use_audio_in_video, want_vectors=voice is not None,
+                                 forced=forced)
         vectors: list[torch.Tensor] = []  # vectors[j] = reply vector of token j
 
         def thinker_step() -> None:
@@ -59,24 +89,23 @@ class StreamingEngine:
                 token, vector = run.timed("thinker", thinker.step)
                 if vector is not None:
                     vectors.append(vector)
-            run.mark("token", len(thinker.tokens))
+            run.mark("token")
             delta = decoder.push(token)
             if delta:
                 emit(TextDelta(delta))
 
         def thinker_done() -> bool:
             tokens = thinker.tokens
-            return bool(tokens) and (tokens[-1] in eos_ids or len(tokens) >= limits.max_new_tokens)
+            return bool(tokens) and (tokens[-1] in eos_ids or len(tokens) >= max_tokens)
 
         talker = audio = None
-        if speak:
-            voice = loaded.voices[request.voice]
-            generator = _generator(request.seed, inputs["input_ids"].device)
+        if voice is not None:
+            speaker = voice.as_speaker()
             talker = TalkerStepper(model.talker, model.thinker.get_input_embeddings(), inputs,
-                                   prepared.use_audio_in_video, int(voice["bos_token"]), request.speech_sampling,
-                                   generator, model.token2wav.code2wav_dit_model.config.num_embeds)
-            noise = torch.randn((1, 2 * limits.max_codec_codes, 80), generator=_generator(request.seed, "cpu"))
-            audio = StreamingCode2Wav(WindowDecoder(model.token2wav, voice["cond"], voice["ref_mel"]), noise,
+                                   prepared.use_audio_in_video, voice.bos_token, request.speech_sampling,
+                                   randomness[0], model.token2wav.code2wav_dit_model.config.num_embeds)
+            noise = torch.randn((1, 2 * limits.max_codec_codes, 80), generator=randomness[1])
+            audio = StreamingCode2Wav(WindowDecoder(model.token2wav, speaker["cond"], speaker["ref_mel"]), noise,
                                       self.chunk_blocks)
 
         while not cancel.is_set():
@@ -84,15 +113,15 @@ class StreamingEngine:
                 piece = run.timed("code2wav", audio.decode, plan)
                 if len(piece):
                     emit(AudioChunk(OUTPUT_SAMPLE_RATE, to_int16(piece.float().numpy())))
-                run.mark("chunk", len(audio.plans))
+                run.mark("chunk")
             elif audio is not None and not audio.finished and self._talker_ready(talker, thinker, vectors,
                                                                                 thinker_done()):
                 code = run.timed("talker", self._talker_step, talker, thinker, vectors, thinker_done())
-                run.mark("code", len(talker.codes))
                 if code in TALKER_STOP_CODES:
                     audio.finish()
                 else:
                     audio.add(code)
+                    run.mark("code")
                     if len(talker.codes) >= limits.max_codec_codes:
                         audio.finish()
             elif not thinker_done():
@@ -108,14 +137,13 @@ class StreamingEngine:
         codes = list(audio.codes) if audio is not None else []
         if request.trace is not None:
             request.trace.prompt_ids = inputs["input_ids"][0].tolist()
-            request.trace.reply_ids = list(thinker.tokens)
-            request.trace.codes = codes
-            request.trace.chunks = list(audio.plans) if audio is not None else []
-            request.trace.timeline = run.timeline
-        reason = reason_for(thinker.tokens, eos, limits.max_new_tokens)
+            request.trace.reply_ids += thinker.tokens
+            request.trace.codes += codes
+            request.trace.chunks += list(audio.plans) if audio is not None else []
+        reason = reason_for(thinker.tokens, list(eos_ids), max_tokens)
         if reason == "finished" and len(codes) >= limits.max_codec_codes:
             reason = "length"
-        return EngineResult(reason, len(thinker.tokens), len(codes), run.stats(len(thinker.tokens), len(codes)))
+        return reason
 
     @staticmethod
     def _talker_ready(talker, thinker, vectors, text_done: bool) -> bool:
@@ -146,6 +174,7 @@ class _Run:
         self.started = time.perf_counter()
         self.seconds = {"thinker": 0.0, "talker": 0.0, "code2wav": 0.0}
         self.timeline: list[tuple[float, str, int]] = []
+        self.counts = {"token": 0, "code": 0, "chunk": 0}
 
     def timed(self, stage: str, fn, *args):
         t0 = time.perf_counter()
@@ -154,10 +183,21 @@ class _Run:
         finally:
             self.seconds[stage] += time.perf_counter() - t0
 
-    def mark(self, kind: str, count: int) -> None:
-        self.timeline.append((time.perf_counter() - self.started, kind, count))
+    @property
+    def tokens(self) -> int:
+        return self.counts["token"]
 
-    def stats(self, tokens: int, codes: int) -> dict[str, float]:
+    @property
+    def codes(self) -> int:
+        return self.counts["code"]
+
+    def mark(self, kind: str) -> None:
+        """Count one token, code or chunk and note when it happened."""
+        self.counts[kind] += 1
+        self.timeline.append((time.perf_counter() - self.started, kind, self.counts[kind]))
+
+    def stats(self) -> dict[str, float]:
+        tokens, codes = self.tokens, self.codes
         extra = {f"{k}_seconds": v for k, v in self.seconds.items()}
         if self.seconds["thinker"] > 0:
             extra["thinker_tokens_per_s"] = tokens / self.seconds["thinker"]
@@ -166,6 +206,11 @@ class _Run:
         if codes:
             extra["code2wav_rtf"] = self.seconds["code2wav"] / (codes / 50.0)
         return extra
+
+
+def _eos_ids(model) -> list[int]:
+    eos = model.thinker.generation_config.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
 def _generator(seed: int, device) -> torch.Generator:
