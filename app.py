@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from omni_app.cli import add_model_options, quiet_libraries
 from omni_app.config import GenerationLimits, MediaLimits, ServiceConfig
@@ -25,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="longest spoken reply (default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
+    parser.add_argument("--voices-dir", type=Path, help="folder of custom voices: loaded at start, and where the "
+                        "voice-cloning tab can save new ones")
     return parser.parse_args(argv)
 
 
@@ -46,12 +49,23 @@ def main(argv=None) -> int:
         print("omni_app: the tiny test model is loaded: its replies are random noise "
               "(no GPU found, or --model tiny). Use --model Qwen/Qwen2.5-Omni-7B on a GPU for real answers.",
               flush=True)
+    if args.voices_dir is not None:
+        from omni_app.voices import load_voice_folder
+
+        voices, problems = load_voice_folder(args.voices_dir)
+        for problem in problems:
+            print(f"omni_app: warning: {problem} It was skipped.", file=sys.stderr)
+        try:
+            service.add_voices(voices)
+        except OmniError as exc:
+            print(f"omni_app: warning: {exc}", file=sys.stderr)
+        print(f"omni_app: {len(voices)} custom voice(s) from {args.voices_dir}", flush=True)
     if not args.no_warmup:
         service.warmup()
     from omni_app.ui.app import CSS, build_app
     from omni_app.ui.reply import Backend
 
-    demo = build_app(Backend(service, limits, MediaLimits()))
+    demo = build_app(Backend(service, limits, MediaLimits(), voices_dir=args.voices_dir))
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
     return 0

@@ -48,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="longest spoken reply in seconds (default: %(default)s)")
     chat.add_argument("--system-prompt", help="replace the default system prompt (speech may suffer)")
     chat.add_argument("--quiet", action="store_true", help="print only the reply text")
+
+    say = sub.add_parser(
+        "say", help="speak exactly the given text and write it to a 24 kHz WAV",
+        description="Read a text aloud, word for word, in a stock voice or one made from a reference recording.",
+    )
+    say.add_argument("text", help="the exact text to speak (long texts are read sentence by sentence)")
+    add_model_options(say)
+    say.add_argument("--voice", default="Chelsie", help="stock voice, or the base voice with --voice-ref")
+    say.add_argument("--voice-ref", type=Path, metavar="CLIP",
+                     help="a 3-30 s recording of one speaker: the voice is rendered with its timbre")
+    say.add_argument("--voices-dir", type=Path, help="folder of saved custom voices (usable by name with --voice)")
+    say.add_argument("--seed", type=int, help="seed for the speech sampling")
+    say.add_argument("--max-speech-seconds", type=float, default=GenerationLimits.max_speech_seconds,
+                     help="longest speech per sentence in seconds (default: %(default)s)")
+    say.add_argument("--out", type=Path, required=True, metavar="WAV", help="where to write the speech")
     return parser
 
 
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return _chat(args)
+        if args.command == "say":
+            return _say(args)
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -124,6 +141,36 @@ def _chat(args) -> int:
               f"{s.total_time:.2f} s total", file=sys.stderr)
         if service.loaded.is_tiny:
             print("note: the tiny model has random weights; its replies are noise.", file=sys.stderr)
+    return 0
+
+
+def _say(args) -> int:
+    from .conversation import Conversation
+    from .engine.service import ModelService, Request
+    from .events import AudioChunk, Done
+    from .media import load_audio
+    from .voices import load_voice_folder, voice_from_reference
+
+    reference = load_audio(args.voice_ref) if args.voice_ref is not None else None
+    service = ModelService.from_config(ServiceConfig(model=args.model, device=args.device, dtype=args.dtype,
+                                                     engine=args.engine))
+    if args.voices_dir is not None:
+        service.add_voices(load_voice_folder(args.voices_dir)[0])
+    voice = service.voice(args.voice)
+    if reference is not None:
+        voice = voice_from_reference("reference", reference, voice)
+    limits = GenerationLimits(max_speech_seconds=args.max_speech_seconds)
+    request = Request(Conversation(), voice=voice, limits=limits, seed=args.seed, speak_text=args.text)
+    chunks, done = [], None
+    for event in service.stream(request, threading.Event()):
+        if isinstance(event, AudioChunk):
+            chunks.append(event)
+        elif isinstance(event, Done):
+            done = event
+    _write_wav(args.out, chunks)
+    if done is not None:
+        print(f"wrote {args.out}: {done.stats.audio_seconds:.2f} s of speech in {done.stats.total_time:.2f} s",
+              file=sys.stderr)
     return 0
 
 

@@ -33,7 +33,7 @@ def reference_mel(audio_16k: np.ndarray) -> np.ndarray:
         htk=False, norm="slaney",
     )
     mel = basis @ np.abs(spec)
-    return np.log(np.clip(mel, 1e-5, None)).T.astype(np.float32)
+    return np.ascontiguousarray(np.log(np.clip(mel, 1e-5, None)).T, dtype=np.float32)
 
 
 def synthetic_vowel(pitch_hz: float, seconds: float, sample_rate: int = REF_SAMPLE_RATE) -> np.ndarray:

@@ -117,20 +117,22 @@ def save_voice(voice: Voice, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{voice.name}.voice.safetensors"
     meta = {"omni_app_voice": json.dumps({"name": voice.name, "base": voice.base, "bos_token": voice.bos_token})}
-    save_file({"cond": voice.cond, "ref_mel": voice.ref_mel}, str(path), metadata=meta)
+    # safetensors writes the raw buffer: arrays must be C-contiguous.
+    tensors = {"cond": np.ascontiguousarray(voice.cond), "ref_mel": np.ascontiguousarray(voice.ref_mel)}
+    save_file(tensors, str(path), metadata=meta)
     return path
 
 
 def load_voice(path: Path) -> Voice:
     """Read a voice file; anything malformed raises :class:`MediaError` naming the file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as handle:
             meta = json.loads((handle.metadata() or {})["omni_app_voice"])
             cond, ref_mel = handle.get_tensor("cond"), handle.get_tensor("ref_mel")
         name, bos = check_name(str(meta["name"])), int(meta["bos_token"])
-    except (OSError, KeyError, ValueError, TypeError, RequestError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, RequestError, SafetensorError) as exc:
         raise MediaError(f"{path.name} is not a valid voice file ({exc}).") from exc
     if cond.shape != (1, 192) or ref_mel.ndim != 3 or ref_mel.shape[0] != 1 or ref_mel.shape[2] != 80:
         raise MediaError(f"{path.name} is not a valid voice file (unexpected tensor shapes).")

@@ -152,3 +152,25 @@ def test_missing_image_shows_a_message(page):
     page.locator("#image-question textarea").fill("What is this?")
     page.locator("#image-ask").click()
     page.get_by_text("Add an image first").first.wait_for(timeout=20000)
+
+
+def test_voice_cloning_speaks_and_downloads(page, tmp_path):
+    import urllib.request
+
+    reference = tmp_path / "reference.wav"
+    _run("espeak-ng", "-s", "140", "-w", str(reference),
+         "This is my reference voice. It was recorded for a few seconds, enough to render a voice.")
+    page.get_by_role("tab", name="Voice cloning TTS").click()
+    page.locator("#tts-reference input[type=file]").set_input_files(str(reference))
+    page.locator("#tts-name textarea, #tts-name input").first.fill("Browser voice")
+    page.locator("#tts-create").click()
+    page.get_by_text("Voice Browser voice is ready").first.wait_for(timeout=30000)
+    page.locator("#tts-text textarea").fill("Good morning. These are exactly the words I typed.")
+    page.locator("#tts-speak").click()
+    wait_for_audio(page, "tts-audio", "playing", 1, timeout_s=60)
+    wait_for_audio(page, "tts-audio", "ended", 1, timeout_s=60)
+    link = page.locator("#tts-download a").first
+    link.wait_for(timeout=30000)
+    data = urllib.request.urlopen(link.get_attribute("href"), timeout=10).read()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE" and len(data) > 1000
+    shoot(page, "voice-cloning")

@@ -138,3 +138,28 @@ def test_video_turn_uses_webcam_frames(app, tmp_path, media_dir):
     chats, audio, _ = collect(app["video_reply_to_turn"]("Chelsie", True, session("cam")))
     assert chats[-1][0]["content"].startswith("(video")
     assert audio
+
+
+def test_voice_cloning_tab_creates_speaks_and_downloads(app, tmp_path):
+    wav = tmp_path / "ref.wav"
+    subprocess.run(["espeak-ng", "-s", "140", "-w", str(wav),
+                    "This is a reference recording. It has a few seconds of speech, enough to render a voice."],
+                   check=True)
+    data, rate = sf.read(str(wav), dtype="int16")
+    updates = app["create_voice"]((rate, data), "Chelsie", "Reader", False, session("tts"))
+    assert updates[0]["value"] == "Reader" and "Reader" in updates[0]["choices"]
+    assert all("Reader" in u["choices"] for u in updates[2:])  # the chat tabs can pick it too
+    outputs = list(app["read"]("Hello. This is exactly what I typed.", "Reader", session("tts")))
+    audio = [a for a, _, _ in outputs if isinstance(a, tuple)]
+    assert audio and all(sr == 24000 and s.dtype == np.int16 for sr, s in audio)
+    download = outputs[-1][2]
+    info = sf.info(download)
+    assert info.samplerate == 24000 and info.frames == sum(len(s) for _, s in audio)
+    chats, _, _ = collect(app["reply_to_text"]("Hi", "Reader", True, session("tts")))
+    assert chats
+    with pytest.raises(gr.Error, match="at least 3 s"):
+        app["create_voice"]((16000, np.full(8000, 3000, np.int16)), "Chelsie", "Short", False, session("tts"))
+    with pytest.raises(gr.Error, match="Type the text"):
+        list(app["read"]("  ", "Reader", session("tts")))
+    compare = list(app["read_with_stock"]("Compare this.", "Reader", session("tts")))
+    assert any(isinstance(a, tuple) for a, _, _ in compare)

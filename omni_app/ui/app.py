@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import image_qa, video_chat, voice_chat
+from . import image_qa, video_chat, voice_chat, voice_clone
 from .reply import Backend
 
 #: All model work shares one queue: one GPU never runs two generations at once.
@@ -30,18 +30,21 @@ def build_app(backend: Backend) -> gr.Blocks:
         gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
                     "speech while it is still being generated.")
         gr.Markdown(banner_text(backend), elem_id="banner")
-        stores = []
+        stores, pickers = [], []
         with gr.Tabs():
-            with gr.Tab("Voice chat", id="voice"):
-                stores.append(voice_chat.build(backend, GPU_QUEUE))
-            with gr.Tab("Video chat", id="video"):
-                stores.append(video_chat.build(backend, GPU_QUEUE))
-            with gr.Tab("Image Q&A", id="image"):
-                stores.append(image_qa.build(backend, GPU_QUEUE))
+            for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
+                                          ("image", "Image Q&A", image_qa)):
+                with gr.Tab(title, id=tab_id):
+                    store, picker = module.build(backend, GPU_QUEUE)
+                    stores.append(store)
+                    pickers.append(picker)
+            with gr.Tab("Voice cloning TTS", id="tts"):
+                voice_clone.build(backend, GPU_QUEUE, pickers)
 
         def forget(request: gr.Request):
             for store in stores:
                 store.drop(request)
+            backend.drop_session(request)
 
         demo.unload(forget)
     return demo

@@ -20,7 +20,7 @@ EXAMPLES = [
 ]
 
 
-def build(backend: Backend, gpu_queue: str) -> SessionStore:
+def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     sessions = SessionStore()
     with gr.Row():
@@ -30,7 +30,7 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
             question = gr.Textbox(label="Question", placeholder="Ask about the image", elem_id="image-question")
             spoken = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Or ask by voice")
             with gr.Row():
-                voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice")
+                voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice", allow_custom_value=False)
                 speak = gr.Checkbox(True, label="Speak the answer")
             ask = gr.Button("Ask", variant="primary", elem_id="image-ask")
             examples = [[str(ASSETS / name), q] for name, q in EXAMPLES if (ASSETS / name).is_file()]
@@ -61,7 +61,8 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
         # Each question is about the image shown now: the conversation restarts with it.
         session.conversation = Conversation()
         shown = ("(image) " + text.strip()) if has_text else "(image, spoken question)"
-        yield from run_reply(backend, session, parts, shown, voice_name if speak_on else None)
+        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
+        yield from run_reply(backend, session, parts, shown, chosen)
 
     def on_clear(request: gr.Request):
         sessions.get(request).clear()
@@ -71,4 +72,4 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
               concurrency_limit=1, concurrency_id=gpu_queue, api_name="image_qa")
     clear.click(on_clear, outputs=[chat, reply_audio, status, image, question, spoken], queue=False,
                 api_visibility="private")
-    return sessions
+    return sessions, voice

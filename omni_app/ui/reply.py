@@ -15,8 +15,9 @@ import gradio as gr
 from ..config import GenerationLimits
 from ..conversation import Conversation, Part
 from ..engine.service import Request
-from ..errors import OmniError
+from ..errors import OmniError, RequestError
 from ..events import AudioChunk, Done, Notice, Stats, TextDelta
+from ..voices import Voice
 from .session import ChatSession
 from .zerogpu import on_gpu
 
@@ -26,15 +27,41 @@ log = logging.getLogger(__name__)
 class Backend:
     """What the UI needs from the model service (the UI never touches the model itself)."""
 
-    def __init__(self, service, limits: GenerationLimits, media) -> None:
+    def __init__(self, service, limits: GenerationLimits, media, voices_dir=None) -> None:
         self.service = service
         self.limits = limits
         self.media = media
+        #: Where custom voices are saved (None: they live only as long as the browser session).
+        self.voices_dir = voices_dir
+        self._session_voices: dict[str, dict[str, Voice]] = {}
         self._generate = on_gpu(self._generate_on_gpu)
 
     @property
     def voices(self) -> list[str]:
         return self.service.voices
+
+    def voices_for(self, request) -> list[str]:
+        """Voice names this browser session can pick: stock, saved, then its own."""
+        own = self._session_voices.get(_key(request), {})
+        return self.service.voices + [n for n in own if n not in self.service.voices]
+
+    def add_session_voice(self, voice: Voice, request) -> None:
+        if voice.name in self.service.stock_voices:
+            raise RequestError(f"{voice.name!r} is a stock voice; choose another name.")
+        self._session_voices.setdefault(_key(request), {})[voice.name] = voice
+
+    def drop_session(self, request) -> None:
+        self._session_voices.pop(_key(request), None)
+
+    def resolve_voice(self, name: str | None, request) -> str | Voice | None:
+        """A session's own voice as a :class:`Voice`; other names pass through."""
+        if name is None:
+            return None
+        return self._session_voices.get(_key(request), {}).get(name, name)
+
+    def speak(self, text: str, voice, cancel: threading.Event):
+        """Exact-text speech events (the text is read as written)."""
+        return self._generate(None, voice, cancel, text)
 
     @property
     def is_tiny(self) -> bool:
@@ -50,8 +77,13 @@ class Backend:
         """The reply's events; the only call that needs the GPU."""
         return self._generate(conversation, voice, cancel)
 
-    def _generate_on_gpu(self, conversation, voice, cancel):
-        yield from self.service.stream(Request(conversation, voice=voice, limits=self.limits), cancel)
+    def _generate_on_gpu(self, conversation, voice, cancel, speak_text=None):
+        request = Request(conversation or Conversation(), voice=voice, limits=self.limits, speak_text=speak_text)
+        yield from self.service.stream(request, cancel)
+
+
+def _key(request) -> str:
+    return getattr(request, "session_hash", None) or "default"
 
 
 def format_status(done: Done) -> str:

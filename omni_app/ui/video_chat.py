@@ -18,7 +18,7 @@ from .session import ChatSession, SessionStore
 LEAD_SECONDS = 0.5
 
 
-def build(backend: Backend, gpu_queue: str) -> SessionStore:
+def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     sessions = SessionStore()
     with gr.Row():
@@ -34,7 +34,7 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
             status = gr.Markdown("", elem_id="video-status")
             reply_audio = gr.Audio(label="Spoken reply", streaming=True, autoplay=True, interactive=False,
                                    elem_id="video-reply")
-            voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice")
+            voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice", allow_custom_value=False)
             speak = gr.Checkbox(True, label="Speak the reply")
             with gr.Row():
                 stop = gr.Button("Stop", variant="stop")
@@ -67,7 +67,8 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
             shown = f"(spoken, {seconds:.1f} s)"
         else:
             shown = f"(video: {len(part.clip.frames)} frames at 2 fps, spoken {seconds:.1f} s)"
-        yield from run_reply(backend, session, [part], shown, voice_name if speak_on else None)
+        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
+        yield from run_reply(backend, session, [part], shown, chosen)
 
     def video_on_stop(request: gr.Request):
         sessions.get(request).stop()
@@ -86,7 +87,7 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
                            concurrency_id=gpu_queue, api_visibility="private")
     stop.click(video_on_stop, js=PAUSE_AUDIO_JS, queue=False, cancels=[by_voice], api_visibility="private")
     clear.click(video_on_clear, outputs=outputs, queue=False, cancels=[by_voice], api_visibility="private")
-    return sessions
+    return sessions, voice
 
 
 def turn_part(session: ChatSession, audio: np.ndarray, backend: Backend):

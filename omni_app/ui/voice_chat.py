@@ -12,7 +12,7 @@ from .reply import Backend, run_reply
 from .session import SessionStore
 
 
-def build(backend: Backend, gpu_queue: str) -> SessionStore:
+def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     sessions = SessionStore()
     with gr.Row():
@@ -28,7 +28,7 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
                 recording = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Record, then send")
                 send_recording = gr.Button("Send recording")
             text = gr.Textbox(label="Or type", placeholder="Type a message and press Enter", elem_id="voice-text")
-            voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice")
+            voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice", allow_custom_value=False)
             speak = gr.Checkbox(True, label="Speak the reply")
             with gr.Row():
                 stop = gr.Button("Stop", variant="stop")
@@ -46,12 +46,13 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
             return
         seconds = len(audio) / 16000
         yield from run_reply(backend, session, [AudioPart(audio)], f"(spoken, {seconds:.1f} s)",
-                             voice_name if speak_on else None)
+                             backend.resolve_voice(voice_name, request) if speak_on else None)
 
     def reply_to_text(message, voice_name, speak_on, request: gr.Request):
         if not message or not message.strip():
             raise gr.Error("Type a message first.")
-        yield from run_reply(backend, sessions.get(request), [message], message, voice_name if speak_on else None)
+        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
+        yield from run_reply(backend, sessions.get(request), [message], message, chosen)
 
     def reply_to_recording(recorded, voice_name, speak_on, request: gr.Request):
         if recorded is None:
@@ -60,8 +61,9 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
             audio = audio_from_array(recorded[1], recorded[0], backend.media)
         except OmniError as exc:
             raise gr.Error(str(exc)) from exc
+        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
         yield from run_reply(backend, sessions.get(request), [AudioPart(audio)],
-                             f"(spoken, {len(audio) / 16000:.1f} s)", voice_name if speak_on else None)
+                             f"(spoken, {len(audio) / 16000:.1f} s)", chosen)
 
     def on_stop(request: gr.Request):
         sessions.get(request).stop()
@@ -84,4 +86,4 @@ def build(backend: Backend, gpu_queue: str) -> SessionStore:
                api_visibility="private")
     clear.click(on_clear, outputs=outputs, queue=False, cancels=[by_voice, by_text, by_recording],
                 api_visibility="private")
-    return sessions
+    return sessions, voice

@@ -1,0 +1,118 @@
+"""Voice-cloning text-to-speech tab: exact text, read in a voice taken from a recording."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+
+import gradio as gr
+import numpy as np
+
+from ..errors import OmniError
+from ..events import AudioChunk, Done
+from ..media import audio_from_array
+from ..voices import save_voice, voice_from_reference
+from .reply import Backend, format_status
+
+HONEST_NOTE = """
+**What voice cloning can and cannot do with Qwen2.5-Omni.** The released weights lack the
+speech *encoder*, so the model cannot imitate a voice the way the paper's zero-shot TTS
+does. What it can do: its speech decoder takes a reference recording (as a mel
+spectrogram) and renders the timbre from it, while the rhythm and speaking style come from
+the base voice you pick (Chelsie or Ethan). Expect a voice that sounds *closer* to the
+reference, not a copy of it. The text is read exactly as typed, sentence by sentence.
+Use recordings of people who agreed to it.
+"""
+
+
+def build(backend: Backend, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]) -> gr.Dropdown:
+    """Lay out the tab; a created voice also appears in ``chat_voice_pickers``."""
+    stock = backend.service.stock_voices
+    gr.Markdown(HONEST_NOTE)
+    with gr.Row():
+        with gr.Column(scale=3):
+            text = gr.Textbox(label="Text to speak", lines=5, elem_id="tts-text",
+                              placeholder="The exact words to read aloud; long texts are read sentence by sentence")
+            voice = gr.Dropdown(backend.voices, value=stock[0], label="Voice", elem_id="tts-voice")
+            with gr.Row():
+                speak = gr.Button("Speak", variant="primary", elem_id="tts-speak")
+                compare = gr.Button("Compare with stock voice", elem_id="tts-compare")
+                stop = gr.Button("Stop", variant="stop")
+            status = gr.Markdown("", elem_id="tts-status")
+            spoken = gr.Audio(label="Speech", streaming=True, autoplay=True, interactive=False, elem_id="tts-audio")
+            download = gr.File(label="Download WAV", interactive=False, elem_id="tts-download")
+        with gr.Column(scale=2):
+            gr.Markdown("### Make a voice from a recording (3-30 s of one person speaking)")
+            reference = gr.Audio(sources=["upload", "microphone"], type="numpy", label="Reference recording",
+                                 elem_id="tts-reference")
+            base = gr.Dropdown(stock, value=stock[0], label="Base voice (speaking style)")
+            name = gr.Textbox(label="Name of the new voice", value="My voice", elem_id="tts-name")
+            save = gr.Checkbox(False, label="Save it in the voices folder", visible=backend.voices_dir is not None)
+            create = gr.Button("Create voice", elem_id="tts-create")
+    cancels: dict[str, threading.Event] = {}
+
+    def create_voice(recorded, base_name, voice_name, keep, request: gr.Request):
+        if recorded is None:
+            raise gr.Error("Upload or record a reference first (3-30 s of speech).")
+        try:
+            audio = audio_from_array(recorded[1], recorded[0], backend.media, name="The reference recording")
+            made = voice_from_reference(voice_name.strip(), audio, backend.service.voice(base_name), backend.media)
+            backend.add_session_voice(made, request)
+            note = f"Voice **{made.name}** is ready (based on {made.base})."
+            if keep and backend.voices_dir is not None:
+                note += f" Saved to `{save_voice(made, backend.voices_dir)}`."
+        except OmniError as exc:
+            raise gr.Error(str(exc)) from exc
+        choices = backend.voices_for(request)
+        return [gr.update(choices=choices, value=made.name), note] + [gr.update(choices=choices)
+                                                                      for _ in chat_voice_pickers]
+
+    def read(words, voice_name, request: gr.Request):
+        yield from _speak(words, backend.resolve_voice(voice_name, request), request)
+
+    def read_with_stock(words, voice_name, request: gr.Request):
+        chosen = backend.resolve_voice(voice_name, request)
+        base_name = chosen.base if hasattr(chosen, "base") and chosen.base in stock else stock[0]
+        yield from _speak(words, base_name, request)
+
+    def _speak(words, chosen, request):
+        if not words or not words.strip():
+            raise gr.Error("Type the text to speak first.")
+        cancel = threading.Event()
+        cancels[request.session_hash or ""] = cancel
+        pieces = []
+        yield gr.skip(), "Speaking…", None
+        try:
+            for event in backend.speak(words, chosen, cancel):
+                if isinstance(event, AudioChunk):
+                    pieces.append(event.samples)
+                    yield (event.sample_rate, event.samples), gr.skip(), gr.skip()
+                elif isinstance(event, Done):
+                    yield gr.skip(), format_status(event), _write_wav(pieces)
+        except OmniError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    def on_stop(request: gr.Request):
+        event = cancels.get(request.session_hash or "")
+        if event is not None:
+            event.set()
+
+    outputs = [spoken, status, download]
+    create.click(create_voice, inputs=[reference, base, name, save], outputs=[voice, status, *chat_voice_pickers],
+                 api_name="create_voice")
+    by_speak = speak.click(read, inputs=[text, voice], outputs=outputs, concurrency_limit=1,
+                           concurrency_id=gpu_queue, api_name="speak")
+    by_compare = compare.click(read_with_stock, inputs=[text, voice], outputs=outputs, concurrency_limit=1,
+                               concurrency_id=gpu_queue, api_name="speak_stock")
+    stop.click(on_stop, queue=False, cancels=[by_speak, by_compare], api_visibility="private")
+    return voice
+
+
+def _write_wav(pieces: list[np.ndarray]) -> str | None:
+    import soundfile as sf
+
+    if not pieces:
+        return None
+    handle = tempfile.NamedTemporaryFile(prefix="omni-speech-", suffix=".wav", delete=False)
+    sf.write(handle.name, np.concatenate(pieces), 24000, subtype="PCM_16")
+    return handle.name
