@@ -120,9 +120,13 @@ def live_app(tmp_path_factory, _isolated_cache):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
     handle = log.open("w")
+    # A voices folder with a malformed file: the app must start anyway and say why it skipped it.
+    voices = tmp_path_factory.mktemp("voices")
+    (voices / "broken.voice.safetensors").write_bytes(b"not a voice file")
     process = subprocess.Popen(
         [sys.executable, "app.py", "--model", "tiny", "--port", str(port), "--max-new-tokens", "24",
-         "--max-speech-seconds", "2"], cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT)
+         "--max-speech-seconds", "2", "--voices-dir", str(voices)], cwd=root, env=env, stdout=handle,
+        stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while time.time() < deadline:

@@ -27,3 +27,8 @@ def test_image_endpoint_streams(live_app):
     final = job.outputs()[-1]
     assert final[0][-1]["role"] == "assistant" and final[0][-1]["content"][0]["text"]
     assert "tokens" in final[2]
+
+
+def test_a_malformed_voice_file_does_not_stop_the_app(live_app):
+    log = live_app.log.read_text()
+    assert "broken.voice.safetensors is not a valid voice file" in log and "skipped" in log

@@ -117,6 +117,17 @@ def test_voice_chat_two_turns_by_voice_activity(page, live_app):
     print(f"\nvoice chat: end of speech to first audible reply chunk: {latency:.2f} s")
     (SHOTS.parent / "latency.json").write_text(json.dumps({"vad_end_to_playing_s": latency}))
     assert 0 < latency < 30
+    # The same session's last turn, inside the model: every picture is drawn.
+    page.locator("#voice-mic").get_by_role("button", name="Stop").first.click()
+    page.get_by_role("tab", name="Inside the model").click()
+    page.locator("#inside-last").click()
+    page.get_by_text("This turn:").first.wait_for(timeout=60000)
+    for key in ("tokens", "rope", "audio", "dit", "timeline"):
+        picture = page.locator(f"#inside-{key} img")
+        picture.wait_for(timeout=30000)
+        picture.scroll_into_view_if_needed()
+        picture.screenshot(path=str(SHOTS / f"inside-{key}.png"))
+    shoot(page, "inside-the-model")
 
 
 def test_video_chat_turn_with_webcam(page):

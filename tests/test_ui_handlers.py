@@ -163,3 +163,15 @@ def test_voice_cloning_tab_creates_speaks_and_downloads(app, tmp_path):
         list(app["read"]("  ", "Reader", session("tts")))
     compare = list(app["read_with_stock"]("Compare this.", "Reader", session("tts")))
     assert any(isinstance(a, tuple) for a, _, _ in compare)
+
+
+def test_inside_tab_explains_the_sessions_last_turn(app, media_dir):
+    with pytest.raises(gr.Error, match="No turn yet"):
+        app["explain_last"](session("inside"))
+    collect(app["reply_to_text"]("Explain me", "Chelsie", True, session("inside")))
+    summary, tokens, rope, audio, vision, dit, timeline = app["explain_last"](session("inside"))
+    assert "This turn:" in summary
+    assert all(p is not None and p.ndim == 3 for p in (tokens, rope, dit, timeline))
+    assert audio is None and vision is None  # a typed turn has no audio or picture
+    outputs = app["explain_new"]("What is this?", None, None, str(media_dir / "talking.mp4"), session("inside2"))
+    assert all(p is not None for p in outputs[1:])

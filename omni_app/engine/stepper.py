@@ -17,6 +17,17 @@ import torch
 TALKER_STOP_CODES = (8292, 8294)
 
 
+def thinker_rope_index(thinker, inputs: dict, use_audio_in_video: bool) -> torch.Tensor:
+    """TMRoPE position ids ``(3, 1, P)`` of a prompt, from the model's own ``get_rope_index``."""
+    ids = inputs["input_ids"]
+    feature_mask = inputs.get("feature_attention_mask")
+    rope, _ = thinker.get_rope_index(
+        ids, inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), torch.ones_like(ids), use_audio_in_video,
+        feature_mask.sum(-1) if feature_mask is not None else None, inputs.get("video_second_per_grid"),
+    )
+    return rope
+
+
 class ThinkerStepper:
     """Greedy (or teacher-forced) Thinker decoding with its KV cache, one token per call."""
 
@@ -38,12 +49,7 @@ class ThinkerStepper:
     def prefill(self) -> int:
         """Run the prompt (with its audio/image/video encoders); returns the first token."""
         ids = self.inputs["input_ids"]
-        feature_mask = self.inputs.get("feature_attention_mask")
-        rope, _ = self.thinker.get_rope_index(
-            ids, self.inputs.get("image_grid_thw"), self.inputs.get("video_grid_thw"), torch.ones_like(ids),
-            self.use_audio_in_video, feature_mask.sum(-1) if feature_mask is not None else None,
-            self.inputs.get("video_second_per_grid"),
-        )
+        rope = thinker_rope_index(self.thinker, self.inputs, self.use_audio_in_video)
         # Row 0 holds plain text positions (used for the causal mask), rows 1-3 TMRoPE.
         text_row = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1)
         self._positions = torch.cat([text_row, rope.to(ids.device)], dim=0)

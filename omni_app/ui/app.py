@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import image_qa, video_chat, voice_chat, voice_clone
+from . import image_qa, inside_tab, video_chat, voice_chat, voice_clone
 from .reply import Backend
 
 #: All model work shares one queue: one GPU never runs two generations at once.
@@ -40,6 +40,8 @@ def build_app(backend: Backend) -> gr.Blocks:
                     pickers.append(picker)
             with gr.Tab("Voice cloning TTS", id="tts"):
                 voice_clone.build(backend, GPU_QUEUE, pickers)
+            with gr.Tab("Inside the model", id="inside"):
+                inside_tab.build(backend, GPU_QUEUE)
 
         def forget(request: gr.Request):
             for store in stores:

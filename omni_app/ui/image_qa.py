@@ -62,7 +62,7 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         session.conversation = Conversation()
         shown = ("(image) " + text.strip()) if has_text else "(image, spoken question)"
         chosen = backend.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(backend, session, parts, shown, chosen)
+        yield from run_reply(backend, session, parts, shown, chosen, request)
 
     def on_clear(request: gr.Request):
         sessions.get(request).clear()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import gradio as gr
 
 from ..config import GenerationLimits
 from ..conversation import Conversation, Part
-from ..engine.service import Request
+from ..engine.service import Request, Trace
 from ..errors import OmniError, RequestError
 from ..events import AudioChunk, Done, Notice, Stats, TextDelta
 from ..voices import Voice
@@ -34,6 +35,8 @@ class Backend:
         #: Where custom voices are saved (None: they live only as long as the browser session).
         self.voices_dir = voices_dir
         self._session_voices: dict[str, dict[str, Voice]] = {}
+        #: The last reply of each browser session (any tab), for the "inside the model" tab.
+        self.last: dict[str, LastReply] = {}
         self._generate = on_gpu(self._generate_on_gpu)
 
     @property
@@ -52,6 +55,7 @@ class Backend:
 
     def drop_session(self, request) -> None:
         self._session_voices.pop(_key(request), None)
+        self.last.pop(_key(request), None)
 
     def resolve_voice(self, name: str | None, request) -> str | Voice | None:
         """A session's own voice as a :class:`Voice`; other names pass through."""
@@ -73,13 +77,23 @@ class Backend:
         return f"{loaded.name} on {loaded.device} ({str(loaded.dtype).replace('torch.', '')}), " \
                f"{self.service.engine.name} engine"
 
-    def stream(self, conversation: Conversation, voice: str | None, cancel: threading.Event):
+    def stream(self, conversation: Conversation, voice: str | None, cancel: threading.Event, trace=None):
         """The reply's events; the only call that needs the GPU."""
-        return self._generate(conversation, voice, cancel)
+        return self._generate(conversation, voice, cancel, None, trace)
 
-    def _generate_on_gpu(self, conversation, voice, cancel, speak_text=None):
-        request = Request(conversation or Conversation(), voice=voice, limits=self.limits, speak_text=speak_text)
+    def _generate_on_gpu(self, conversation, voice, cancel, speak_text=None, trace=None):
+        request = Request(conversation or Conversation(), voice=voice, limits=self.limits, speak_text=speak_text,
+                          trace=trace)
         yield from self.service.stream(request, cancel)
+
+
+@dataclass
+class LastReply:
+    """A finished reply with what the engine recorded about it."""
+
+    conversation: Conversation
+    trace: Trace
+    done: Done
 
 
 def _key(request) -> str:
@@ -105,7 +119,7 @@ def format_status(done: Done) -> str:
 
 
 def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: str,
-              voice: str | None) -> Iterator[tuple]:
+              voice: str | None, request=None) -> Iterator[tuple]:
     """Answer one user turn. Yields ``(messages, audio, status)``; ``gr.skip()`` where unchanged."""
     try:
         conversation = session.conversation.add_user(*parts)
@@ -118,8 +132,9 @@ def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: 
     session.messages = before + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
     yield list(session.messages), gr.skip(), "Thinking…"
     text = ""
+    trace = Trace()
     try:
-        for event in backend.stream(conversation, voice, cancel):
+        for event in backend.stream(conversation, voice, cancel, trace):
             if isinstance(event, TextDelta):
                 text += event.text
                 session.messages[-1] = {"role": "assistant", "content": text}
@@ -132,6 +147,7 @@ def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: 
                 if not text:
                     session.messages[-1] = {"role": "assistant", "content": "…"}
                 session.conversation = conversation.add_assistant(text)
+                backend.last[_key(request)] = LastReply(conversation, trace, event)
                 yield list(session.messages), gr.skip(), format_status(event)
     except OmniError as exc:
         session.messages = before

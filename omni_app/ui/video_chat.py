@@ -68,7 +68,7 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         else:
             shown = f"(video: {len(part.clip.frames)} frames at 2 fps, spoken {seconds:.1f} s)"
         chosen = backend.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(backend, session, [part], shown, chosen)
+        yield from run_reply(backend, session, [part], shown, chosen, request)
 
     def video_on_stop(request: gr.Request):
         sessions.get(request).stop()

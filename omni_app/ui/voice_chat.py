@@ -45,14 +45,14 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         if audio is None:
             return
         seconds = len(audio) / 16000
-        yield from run_reply(backend, session, [AudioPart(audio)], f"(spoken, {seconds:.1f} s)",
-                             backend.resolve_voice(voice_name, request) if speak_on else None)
+        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
+        yield from run_reply(backend, session, [AudioPart(audio)], f"(spoken, {seconds:.1f} s)", chosen, request)
 
     def reply_to_text(message, voice_name, speak_on, request: gr.Request):
         if not message or not message.strip():
             raise gr.Error("Type a message first.")
         chosen = backend.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(backend, sessions.get(request), [message], message, chosen)
+        yield from run_reply(backend, sessions.get(request), [message], message, chosen, request)
 
     def reply_to_recording(recorded, voice_name, speak_on, request: gr.Request):
         if recorded is None:
@@ -63,7 +63,7 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
             raise gr.Error(str(exc)) from exc
         chosen = backend.resolve_voice(voice_name, request) if speak_on else None
         yield from run_reply(backend, sessions.get(request), [AudioPart(audio)],
-                             f"(spoken, {len(audio) / 16000:.1f} s)", chosen)
+                             f"(spoken, {len(audio) / 16000:.1f} s)", chosen, request)
 
     def on_stop(request: gr.Request):
         sessions.get(request).stop()
