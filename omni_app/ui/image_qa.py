@@ -30,7 +30,7 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
             question = gr.Textbox(label="Question", placeholder="Ask about the image", elem_id="image-question")
             spoken = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Or ask by voice")
             with gr.Row():
-                voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice", allow_custom_value=False)
+                voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice")
                 speak = gr.Checkbox(True, label="Speak the answer")
             ask = gr.Button("Ask", variant="primary", elem_id="image-ask")
             examples = [[str(ASSETS / name), q] for name, q in EXAMPLES if (ASSETS / name).is_file()]

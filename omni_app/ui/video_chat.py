@@ -13,6 +13,7 @@ from ..media import frames_to_clip, smart_resize, video_frame_pixels
 from .mic import PAUSE_AUDIO_JS, feed_microphone, take_turn
 from .reply import Backend, run_reply
 from .session import ChatSession, SessionStore
+from .widgets import live_microphone, reply_controls, reply_view
 
 #: Frames from slightly before the speech started belong to the turn too.
 LEAD_SECONDS = 0.5
@@ -25,22 +26,12 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         with gr.Column(scale=2):
             camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
                               elem_id="video-camera")
-            mic = gr.Audio(sources=["microphone"], streaming=True, label="Microphone: speak, then pause",
-                           elem_id="video-mic")
+            mic, turn, barge = live_microphone("video")
             preview = gr.Image(label="What the model sees (2 frames per second, model resolution)",
                                interactive=False, elem_id="video-preview")
         with gr.Column(scale=3):
-            chat = gr.Chatbot(label="Conversation", height=420, elem_id="video-chat")
-            status = gr.Markdown("", elem_id="video-status")
-            reply_audio = gr.Audio(label="Spoken reply", streaming=True, autoplay=True, interactive=False,
-                                   elem_id="video-reply")
-            voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice", allow_custom_value=False)
-            speak = gr.Checkbox(True, label="Speak the reply")
-            with gr.Row():
-                stop = gr.Button("Stop", variant="stop")
-                clear = gr.Button("Clear")
-    turn = gr.Number(value=0, visible="hidden", elem_id="video-turn")
-    barge = gr.Number(value=0, visible="hidden")
+            chat, status, reply_audio = reply_view("video")
+            voice, speak, stop, clear = reply_controls(backend.voices)
 
     def on_frame(frame, request: gr.Request):
         if frame is None:

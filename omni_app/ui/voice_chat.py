@@ -10,6 +10,7 @@ from ..media import audio_from_array
 from .mic import PAUSE_AUDIO_JS, feed_microphone, take_turn
 from .reply import Backend, run_reply
 from .session import SessionStore
+from .widgets import live_microphone, reply_controls, reply_view
 
 
 def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
@@ -17,24 +18,14 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     sessions = SessionStore()
     with gr.Row():
         with gr.Column(scale=3):
-            chat = gr.Chatbot(label="Conversation", height=420, elem_id="voice-chat")
-            status = gr.Markdown("", elem_id="voice-status")
-            reply_audio = gr.Audio(label="Spoken reply", streaming=True, autoplay=True, interactive=False,
-                                   elem_id="voice-reply")
+            chat, status, reply_audio = reply_view("voice")
         with gr.Column(scale=2):
-            mic = gr.Audio(sources=["microphone"], streaming=True, label="Microphone: speak, then pause",
-                           elem_id="voice-mic")
+            mic, turn, barge = live_microphone("voice")
             with gr.Accordion("Push to talk", open=False):
                 recording = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Record, then send")
                 send_recording = gr.Button("Send recording")
             text = gr.Textbox(label="Or type", placeholder="Type a message and press Enter", elem_id="voice-text")
-            voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice", allow_custom_value=False)
-            speak = gr.Checkbox(True, label="Speak the reply")
-            with gr.Row():
-                stop = gr.Button("Stop", variant="stop")
-                clear = gr.Button("Clear")
-    turn = gr.Number(value=0, visible="hidden", elem_id="voice-turn")
-    barge = gr.Number(value=0, visible="hidden")
+            voice, speak, stop, clear = reply_controls(backend.voices)
 
     def on_mic(chunk, request: gr.Request):
         return feed_microphone(sessions.get(request), chunk)
