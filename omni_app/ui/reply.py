@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -133,6 +134,8 @@ def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: 
     yield list(session.messages), gr.skip(), "Thinking…"
     text = ""
     trace = Trace()
+    heard = False
+    log.info("reply started at %.3f", time.time())
     try:
         for event in backend.stream(conversation, voice, cancel, trace):
             if isinstance(event, TextDelta):
@@ -140,6 +143,9 @@ def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: 
                 session.messages[-1] = {"role": "assistant", "content": text}
                 yield list(session.messages), gr.skip(), gr.skip()
             elif isinstance(event, AudioChunk):
+                if not heard:
+                    heard = True
+                    log.info("first audio chunk sent at %.3f", time.time())
                 yield gr.skip(), (event.sample_rate, event.samples), gr.skip()
             elif isinstance(event, Notice):
                 gr.Warning(event.message)
