@@ -63,17 +63,17 @@ class AudioView:
 
 
 def audio_view(loaded: LoadedModel, prepared: PreparedInputs) -> AudioView | None:
-    """The first audio input as the audio encoder receives it."""
+    """The latest audio input (the turn's own) as the audio encoder receives it."""
     features = prepared.tensors.get("input_features")
     if features is None:
         return None
-    mask = prepared.tensors["feature_attention_mask"][0].bool()
-    mel = features[0][:, mask].float().cpu().numpy()
+    mask = prepared.tensors["feature_attention_mask"][-1].bool()
+    mel = features[-1][:, mask].float().cpu().numpy()
     from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import _get_feat_extract_output_lengths
 
     n_window = loaded.model.thinker.config.audio_config.n_window
     # The processor's own count: the encoder halves the frame rate twice (~4 frames per token).
-    tokens = int(_get_feat_extract_output_lengths(prepared.tensors["feature_attention_mask"].sum(-1))[0])
+    tokens = int(_get_feat_extract_output_lengths(prepared.tensors["feature_attention_mask"].sum(-1))[-1])
     return AudioView(mel=mel, block_frames=2 * n_window, tokens=tokens, seconds=mel.shape[1] / 100)
 
 

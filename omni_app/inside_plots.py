@@ -118,8 +118,8 @@ def draw_dit(attention: dict, spans: list[tuple[int, int]], plans) -> np.ndarray
     left.set_ylim(frames, 0)
     left.set_xlabel("mel frame attended to")
     left.set_ylabel("mel frame being decoded")
-    left.set_title(f"DiT receptive field: {attention['back_blocks']} blocks back, "
-                   f"{attention['ahead_blocks']} ahead (block = {attention['block']} frames)", fontsize=9)
+    left.set_title(f"DiT attention reach: {attention['back_blocks']} blocks back, "
+                   f"{attention['ahead_blocks']} ahead ({attention['block']} frames each)", fontsize=8)
     for row, plan in enumerate(plans):
         right.barh(row, (plan.window_end - plan.window_start) / 2, left=plan.window_start / 2, color="#d9dee4")
         right.barh(row, (plan.keep_end - plan.keep_start) / 2, left=plan.keep_start / 2, color="#2bb673")
