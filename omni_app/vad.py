@@ -101,8 +101,11 @@ class TurnDetector:
                 or sum(len(c) for c in self._speech) > self.options.max_turn_seconds * MODEL_SAMPLE_RATE
             ):
                 utterance = np.concatenate(self._speech)
-                self._speech = None
-                self.speaking = False
+                # Cut at the length limit while still speaking: the next turn starts right away
+                # (silero reports no new start while it is still in its speech state).
+                still_speaking = not (result and "end" in result) and self._vad.triggered
+                self._speech = [] if still_speaking else None
+                self.speaking = still_speaking
                 self._preroll = np.zeros(0, np.float32)
                 if len(utterance) >= self.options.min_speech_ms * MODEL_SAMPLE_RATE / 1000 + pad:
                     events.append(TurnEnded(utterance))

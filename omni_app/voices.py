@@ -166,7 +166,7 @@ def split_sentences(text: str, max_chars: int = 200) -> list[str]:
         carry = ""
         while len(piece) > max_chars:  # a very long sentence: cut at a comma or a space
             cut = max(piece.rfind(",", 0, max_chars), piece.rfind(" ", 0, max_chars))
-            cut = cut if cut > 0 else max_chars
+            cut = cut if cut > 0 else max_chars - 1
             segments.append(piece[:cut + 1].strip())
             piece = piece[cut + 1:].strip()
         if len(piece) < 20:

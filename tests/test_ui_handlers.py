@@ -19,6 +19,8 @@ LIMITS = GenerationLimits(max_new_tokens=16, max_speech_seconds=1.5)
 @pytest.fixture(scope="module")
 def app(service):
     demo = build_app(Backend(service, LIMITS, MediaLimits()))
+    names = [f.name for f in demo.fns.values() if f.fn is not None and f.name != "<lambda>"]
+    assert len(names) == len(set(names)), "handler names must be unique to be looked up here"
     return {f.name: f.fn for f in demo.fns.values() if f.fn is not None}
 
 
@@ -175,3 +177,61 @@ def test_inside_tab_explains_the_sessions_last_turn(app, media_dir):
     assert audio is None and vision is None  # a typed turn has no audio or picture
     outputs = app["explain_new"]("What is this?", None, None, str(media_dir / "talking.mp4"), session("inside2"))
     assert all(p is not None for p in outputs[1:])
+
+
+def test_clear_during_a_reply_keeps_the_history_cleared(app):
+    reply = app["reply_to_text"]("Long answer please", "Chelsie", True, session("clear"))
+    next(reply)
+    next(reply)
+    app["on_clear"](session("clear"))
+    list(reply)  # the reply runs out after the clear
+    again, _, _ = collect(app["reply_to_text"]("Fresh start", "Chelsie", False, session("clear")))
+    assert [m["content"] for m in again[-1] if m["role"] == "user"] == ["Fresh start"]
+
+
+def test_stop_drops_spoken_turns_still_waiting(app, tmp_path):
+    for chunk in speech_chunks(tmp_path, "Are you there?"):
+        app["on_mic"](chunk, session("stopq"))
+    app["on_stop"](session("stopq"))
+    assert list(app["reply_to_turn"]("Chelsie", True, session("stopq"))) == []
+
+
+def test_speaking_while_a_finished_reply_plays_pauses_it(app, tmp_path):
+    collect(app["reply_to_text"]("Say something", "Chelsie", True, session("late")))
+    barges = [app["on_mic"](c, session("late"))[1] for c in speech_chunks(tmp_path, "Wait a moment.")]
+    assert any(not isinstance(b, dict) for b in barges)
+
+
+def test_long_speech_is_cut_into_turns_without_losing_the_rest(tmp_path):
+    from omni_app.vad import TurnDetector, TurnEnded, VadOptions
+
+    detector = TurnDetector(VadOptions(max_turn_seconds=1.0))
+    ended = []
+    for chunk in speech_chunks(tmp_path, "This is a rather long sentence that goes on for quite a while."):
+        ended += [e for e in detector.feed(*chunk) if isinstance(e, TurnEnded)]
+    assert len(ended) >= 3
+    assert sum(e.seconds for e in ended) > 2.5
+
+
+def test_generation_across_a_process_boundary(service):
+    """ZeroGPU pickles the GPU function's arguments: a cancel event and a trace can't cross."""
+    import pickle
+
+    from omni_app.conversation import Conversation
+    from omni_app.engine.service import Trace
+
+    backend = Backend(service, LIMITS, MediaLimits())
+    inner = backend._generate
+
+    def across(*args):
+        return inner(*pickle.loads(pickle.dumps(args)))
+
+    backend._generate, backend._in_process = across, False
+    trace = Trace()
+    events = list(backend.stream(Conversation().add_user("Hi"), "Chelsie", __import__("threading").Event(), trace))
+    assert events and trace.codes and trace.reply_ids
+    cancel = __import__("threading").Event()
+    stream = backend.stream(Conversation().add_user("Stop soon"), "Chelsie", cancel, Trace())
+    next(stream)
+    cancel.set()
+    assert len(list(stream)) <= 1

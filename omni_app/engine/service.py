@@ -91,6 +91,8 @@ class Engine(Protocol):
 
 
 _END = object()
+#: Longest exact-text request (roughly 5 minutes of speech).
+MAX_SPEAK_CHARS = 5000
 
 
 class ModelService:
@@ -152,6 +154,9 @@ class ModelService:
                 raise RequestError("Speaking a text needs a voice.")
             if not request.speak_text.strip():
                 raise RequestError("There is no text to speak: type some first.")
+            if len(request.speak_text) > MAX_SPEAK_CHARS:
+                raise RequestError(f"The text is {len(request.speak_text)} characters long; the limit is "
+                                   f"{MAX_SPEAK_CHARS}. Split it into parts.")
             if not getattr(self.engine, "speaks_text", False):
                 raise RequestError("Exact-text speech needs the streaming engine (--engine streaming).")
             prepared = None
@@ -200,7 +205,7 @@ class ModelService:
                 try:
                     event = events.get(timeout=0.5)
                 except queue.Empty:
-                    if not worker.is_alive():
+                    if not worker.is_alive() and events.empty():
                         raise RuntimeError("the generation worker stopped without a result") from None
                     continue
                 if event is _END:

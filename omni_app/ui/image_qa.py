@@ -64,12 +64,12 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         chosen = backend.resolve_voice(voice_name, request) if speak_on else None
         yield from run_reply(backend, session, parts, shown, chosen, request)
 
-    def on_clear(request: gr.Request):
+    def image_on_clear(request: gr.Request):
         sessions.get(request).clear()
         return [], None, "", None, "", None
 
     ask.click(answer, inputs=[image, question, spoken, voice, speak], outputs=[chat, reply_audio, status],
               concurrency_limit=1, concurrency_id=gpu_queue, api_name="image_qa")
-    clear.click(on_clear, outputs=[chat, reply_audio, status, image, question, spoken], queue=False,
+    clear.click(image_on_clear, outputs=[chat, reply_audio, status, image, question, spoken], queue=False,
                 api_visibility="private")
     return sessions, voice

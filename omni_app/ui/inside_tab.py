@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import gradio as gr
@@ -14,6 +15,8 @@ from ..errors import OmniError
 from ..events import Done
 from ..media import audio_from_array, load_image, load_video
 from .reply import Backend, LastReply, _key
+
+log = logging.getLogger(__name__)
 
 EXPLAIN = {
     "tokens": "**Token map.** Everything becomes one sequence of tokens: text, and placeholders that the audio "
@@ -61,7 +64,7 @@ def build(backend: Backend, gpu_queue: str) -> None:
         reply = backend.last.get(_key(request))
         if reply is None:
             raise gr.Error("No turn yet in this session: talk, type or ask in another tab first.")
-        return _explain(backend, reply)
+        return _safely(_explain, backend, reply)
 
     def explain_new(words, sound, picture, clip, request: gr.Request):
         parts = []
@@ -80,14 +83,26 @@ def build(backend: Backend, gpu_queue: str) -> None:
                     done = event
         except OmniError as exc:
             raise gr.Error(str(exc)) from exc
+        if done is None:
+            raise gr.Error("The model gave no reply to explain.")
         reply = LastReply(conversation, trace, done)
-        backend.last[_key(request)] = reply
-        return _explain(backend, reply)
+        backend.remember(request, reply)
+        return _safely(_explain, backend, reply)
 
     last.click(explain_last, outputs=outputs, concurrency_limit=1, concurrency_id=gpu_queue,
                api_name="inside_last")
     new.click(explain_new, inputs=[text, audio, image, video], outputs=outputs, concurrency_limit=1,
               concurrency_id=gpu_queue, api_name="inside_new")
+
+
+def _safely(fn, *args):
+    try:
+        return fn(*args)
+    except OmniError as exc:
+        raise gr.Error(str(exc)) from exc
+    except Exception as exc:
+        log.exception("drawing failed")
+        raise gr.Error(f"The pictures could not be drawn: {type(exc).__name__}: {exc}") from exc
 
 
 def _explain(backend: Backend, reply: LastReply) -> list:

@@ -33,11 +33,13 @@ def feed_microphone(session: ChatSession, chunk) -> tuple:
         events = session.detector.feed(sample_rate, samples)
     turn, barge = gr.skip(), gr.skip()
     for event in events:
-        if isinstance(event, SpeechStarted) and session.cancel is not None:
-            session.stop()
+        if isinstance(event, SpeechStarted):
+            # Barge-in: stop a reply still being generated, and pause one still playing
+            # (generation usually finishes long before playback does).
+            session.cancel_reply()
             barge = time.time()
         elif isinstance(event, TurnEnded):
-            session.turns.append(event.audio)
+            session.turns.append((event.audio, time.monotonic()))
             session.turn_ended_at = time.time()
             session.turn_count += 1
             # A line tests and operators can read: when the user's turn ended (epoch seconds).
@@ -47,5 +49,8 @@ def feed_microphone(session: ChatSession, chunk) -> tuple:
 
 
 def take_turn(session: ChatSession):
-    """The oldest utterance waiting for an answer, or ``None``."""
-    return session.turns.popleft() if session.turns else None
+    """The oldest utterance waiting for an answer and when it ended, or ``(None, None)``."""
+    try:
+        return session.turns.popleft()
+    except IndexError:
+        return None, None

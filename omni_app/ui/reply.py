@@ -38,7 +38,10 @@ class Backend:
         self._session_voices: dict[str, dict[str, Voice]] = {}
         #: The last reply of each browser session (any tab), for the "inside the model" tab.
         self.last: dict[str, LastReply] = {}
-        self._generate = on_gpu(self._generate_on_gpu)
+        generate = self._generate_on_gpu
+        self._generate = on_gpu(generate)
+        #: Off ZeroGPU the wrapper is the function itself and runs in this process.
+        self._in_process = self._generate is generate
 
     @property
     def voices(self) -> list[str]:
@@ -54,6 +57,13 @@ class Backend:
             raise RequestError(f"{voice.name!r} is a stock voice; choose another name.")
         self._session_voices.setdefault(_key(request), {})[voice.name] = voice
 
+    def remember(self, request, reply: "LastReply") -> None:
+        """Keep a session's last reply (a bounded number of sessions: API calls never unload)."""
+        self.last.pop(_key(request), None)
+        self.last[_key(request)] = reply
+        while len(self.last) > 500:
+            self.last.pop(next(iter(self.last)))
+
     def drop_session(self, request) -> None:
         self._session_voices.pop(_key(request), None)
         self.last.pop(_key(request), None)
@@ -63,10 +73,6 @@ class Backend:
         if name is None:
             return None
         return self._session_voices.get(_key(request), {}).get(name, name)
-
-    def speak(self, text: str, voice, cancel: threading.Event):
-        """Exact-text speech events (the text is read as written)."""
-        return self._generate(None, voice, cancel, text)
 
     @property
     def is_tiny(self) -> bool:
@@ -80,12 +86,39 @@ class Backend:
 
     def stream(self, conversation: Conversation, voice: str | None, cancel: threading.Event, trace=None):
         """The reply's events; the only call that needs the GPU."""
-        return self._generate(conversation, voice, cancel, None, trace)
+        return self._events(conversation, voice, None, cancel, trace)
 
-    def _generate_on_gpu(self, conversation, voice, cancel, speak_text=None, trace=None):
+    def speak(self, text: str, voice, cancel: threading.Event):
+        """Exact-text speech events (the text is read as written)."""
+        return self._events(None, voice, text, cancel, None)
+
+    def _events(self, conversation, voice, speak_text, cancel, trace):
+        if self._in_process:  # share the cancel event and the trace directly
+            yield from self._generate_on_gpu(conversation, voice, speak_text, cancel, trace)
+            return
+        # ZeroGPU runs the generator in another process and pickles its arguments: a
+        # threading.Event can't cross, so Stop closes the generator, and the trace comes back
+        # as the last item.
+        events = self._generate(conversation, voice, speak_text, None, None)
+        try:
+            for item in events:
+                if isinstance(item, Trace):
+                    if trace is not None:
+                        trace.__dict__.update(item.__dict__)
+                    continue
+                yield item
+                if cancel.is_set():
+                    break
+        finally:
+            events.close()
+
+    def _generate_on_gpu(self, conversation, voice, speak_text, cancel, trace):
+        own_trace = trace if trace is not None else Trace()
         request = Request(conversation or Conversation(), voice=voice, limits=self.limits, speak_text=speak_text,
-                          trace=trace)
+                          trace=own_trace)
         yield from self.service.stream(request, cancel)
+        if trace is None:
+            yield own_trace
 
 
 @dataclass
@@ -126,9 +159,14 @@ def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: 
         conversation = session.conversation.add_user(*parts)
     except OmniError as exc:
         raise gr.Error(str(exc)) from exc
-    session.stop()  # a newer turn replaces a reply still running (barge-in)
+    session.cancel_reply()  # a newer turn replaces a reply still running (barge-in)
     cancel = threading.Event()
     session.cancel = cancel
+
+    def current() -> bool:
+        # False once Clear (or a newer turn) took the session over: stop writing into it.
+        return session.cancel is cancel
+
     before = list(session.messages)
     session.messages = before + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
     yield list(session.messages), gr.skip(), "Thinking…"
@@ -138,6 +176,8 @@ def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: 
     log.info("reply started at %.3f", time.time())
     try:
         for event in backend.stream(conversation, voice, cancel, trace):
+            if not current():
+                return
             if isinstance(event, TextDelta):
                 text += event.text
                 session.messages[-1] = {"role": "assistant", "content": text}
@@ -153,19 +193,21 @@ def run_reply(backend: Backend, session: ChatSession, parts: list[Part], shown: 
                 if not text:
                     session.messages[-1] = {"role": "assistant", "content": "…"}
                 session.conversation = conversation.add_assistant(text)
-                backend.last[_key(request)] = LastReply(conversation, trace, event)
+                backend.remember(request, LastReply(conversation, trace, event))
                 yield list(session.messages), gr.skip(), format_status(event)
     except OmniError as exc:
-        session.messages = before
+        if current():
+            session.messages = before
         yield before, gr.skip(), f"⚠️ {exc}"
         raise gr.Error(str(exc)) from exc
     except gr.Error:
         raise
     except Exception as exc:
         log.exception("reply failed")
-        session.messages = before
+        if current():
+            session.messages = before
         yield before, gr.skip(), "⚠️ The reply failed."
         raise gr.Error(f"The reply failed: {type(exc).__name__}: {exc}") from exc
     finally:
-        if session.cancel is cancel:
+        if current():
             session.cancel = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,44 +23,61 @@ class ChatSession:
     cancel: threading.Event | None = None
     generating: bool = False
     detector: object | None = None  # omni_app.vad.TurnDetector, created on first audio
-    #: Utterances that ended while waiting to be answered (oldest first).
+    #: Utterances waiting to be answered (oldest first): (16 kHz audio, monotonic end time).
     turns: deque = field(default_factory=deque)
-    #: Webcam frames (monotonic time, RGB array) of the last minute, for video turns.
-    frames: deque = field(default_factory=lambda: deque(maxlen=240))
+    #: Webcam frames (monotonic time, RGB array) of about the last minute (2 per second).
+    frames: deque = field(default_factory=lambda: deque(maxlen=120))
     turn_ended_at: float | None = None
     turn_count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def stop(self) -> None:
+    def cancel_reply(self) -> None:
         """Stop the reply being generated, if any."""
-        if self.cancel is not None:
-            self.cancel.set()
+        cancel = self.cancel  # read once: the reply may clear it at any moment
+        if cancel is not None:
+            cancel.set()
+
+    def stop(self) -> None:
+        """The user's Stop: end the reply and drop spoken turns still waiting for one."""
+        self.cancel_reply()
+        self.turns.clear()
 
     def clear(self) -> None:
         """Forget the conversation (the microphone state is reset too)."""
         self.stop()
+        # Detach the running reply: it must not write into the cleared history.
+        self.cancel = None
         self.conversation = Conversation()
         self.messages = []
-        self.turns.clear()
-        if self.detector is not None:
-            self.detector.reset()
+        with self.lock:
+            if self.detector is not None:
+                self.detector.reset()
 
     def add_frame(self, frame: np.ndarray) -> None:
         self.frames.append((time.monotonic(), frame))
 
 
 class SessionStore:
-    """Sessions of one tab. Entries are dropped when the browser tab unloads."""
+    """Sessions of one tab. Entries are dropped when the browser tab unloads.
 
-    def __init__(self) -> None:
-        self._sessions: dict[str, ChatSession] = {}
+    API clients never unload, so the least recently used sessions beyond ``limit`` are
+    dropped too.
+    """
+
+    def __init__(self, limit: int = 500) -> None:
+        self._sessions: OrderedDict[str, ChatSession] = OrderedDict()
         self._lock = threading.Lock()
+        self.limit = limit
 
     def get(self, request) -> ChatSession:
         key = getattr(request, "session_hash", None) or "default"
         with self._lock:
             if key not in self._sessions:
                 self._sessions[key] = ChatSession()
+                while len(self._sessions) > self.limit:
+                    _, oldest = self._sessions.popitem(last=False)
+                    oldest.cancel_reply()
+            self._sessions.move_to_end(key)
             return self._sessions[key]
 
     def drop(self, request) -> None:

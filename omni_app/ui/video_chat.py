@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 import numpy as np
 
@@ -45,12 +43,12 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
 
     def video_reply_to_turn(voice_name, speak_on, request: gr.Request):
         session = sessions.get(request)
-        audio = take_turn(session)
+        audio, ended = take_turn(session)
         if audio is None:
             return
         seconds = len(audio) / 16000
         try:
-            part = turn_part(session, audio, backend)
+            part = turn_part(session, audio, ended, backend)
         except OmniError as exc:
             raise gr.Error(str(exc)) from exc
         if isinstance(part, AudioPart):
@@ -81,9 +79,12 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     return sessions, voice
 
 
-def turn_part(session: ChatSession, audio: np.ndarray, backend: Backend):
-    """The turn as the model takes it: the frames during the speech, at 2 fps, with its sound."""
-    ended = time.monotonic()
+def turn_part(session: ChatSession, audio: np.ndarray, ended: float, backend: Backend):
+    """The turn as the model takes it: the frames during the speech, at 2 fps, with its sound.
+
+    ``ended`` is when voice activity detection ended the turn (monotonic clock), so the
+    frames are the ones seen while the user spoke even if the reply waited in the queue.
+    """
     started = ended - len(audio) / 16000 - LEAD_SECONDS
     stamped = [(t, f) for t, f in list(session.frames) if started <= t <= ended]
     if not stamped:

@@ -32,7 +32,7 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
 
     def reply_to_turn(voice_name, speak_on, request: gr.Request):
         session = sessions.get(request)
-        audio = take_turn(session)
+        audio, _ = take_turn(session)
         if audio is None:
             return
         seconds = len(audio) / 16000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 
@@ -13,6 +14,8 @@ from ..events import AudioChunk, Done
 from ..media import audio_from_array
 from ..voices import save_voice, voice_from_reference
 from .reply import Backend, format_status
+
+log = logging.getLogger(__name__)
 
 HONEST_NOTE = """
 **What voice cloning can and cannot do with Qwen2.5-Omni.** The released weights lack the
@@ -63,6 +66,8 @@ def build(backend: Backend, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown
                 note += f" Saved to `{save_voice(made, backend.voices_dir)}`."
         except OmniError as exc:
             raise gr.Error(str(exc)) from exc
+        except OSError as exc:
+            raise gr.Error(f"The voice was made but could not be saved: {exc}") from exc
         choices = backend.voices_for(request)
         return [gr.update(choices=choices, value=made.name), note] + [gr.update(choices=choices)
                                                                       for _ in chat_voice_pickers]
@@ -72,7 +77,12 @@ def build(backend: Backend, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown
 
     def read_with_stock(words, voice_name, request: gr.Request):
         chosen = backend.resolve_voice(voice_name, request)
-        base_name = chosen.base if hasattr(chosen, "base") and chosen.base in stock else stock[0]
+        if isinstance(chosen, str):
+            try:
+                chosen = backend.service.voice(chosen)
+            except OmniError as exc:
+                raise gr.Error(str(exc)) from exc
+        base_name = chosen.base if chosen.base in stock else (chosen.name if chosen.name in stock else stock[0])
         yield from _speak(words, base_name, request)
 
     def _speak(words, chosen, request):
@@ -91,8 +101,14 @@ def build(backend: Backend, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown
                     yield gr.skip(), format_status(event), _write_wav(pieces)
         except OmniError as exc:
             raise gr.Error(str(exc)) from exc
+        except Exception as exc:
+            log.exception("speech failed")
+            raise gr.Error(f"The speech failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if cancels.get(request.session_hash or "") is cancel:
+                cancels.pop(request.session_hash or "", None)
 
-    def on_stop(request: gr.Request):
+    def tts_on_stop(request: gr.Request):
         event = cancels.get(request.session_hash or "")
         if event is not None:
             event.set()
@@ -104,7 +120,7 @@ def build(backend: Backend, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown
                            concurrency_id=gpu_queue, api_name="speak")
     by_compare = compare.click(read_with_stock, inputs=[text, voice], outputs=outputs, concurrency_limit=1,
                                concurrency_id=gpu_queue, api_name="speak_stock")
-    stop.click(on_stop, queue=False, cancels=[by_speak, by_compare], api_visibility="private")
+    stop.click(tts_on_stop, queue=False, cancels=[by_speak, by_compare], api_visibility="private")
     return voice
 
 
