@@ -18,7 +18,6 @@ from ..errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-KNOWN_MODELS = ("Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2.5-Omni-3B", "tiny", "auto")
 TINY = "tiny"
 #: Sample rate of the speech the model produces (BigVGAN output).
 OUTPUT_SAMPLE_RATE = 24000

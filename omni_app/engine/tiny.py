@@ -20,10 +20,7 @@ from pathlib import Path
 #: Bump when the recipe changes, so that cached folders are rebuilt.
 RECIPE_VERSION = "2"
 
-SYSTEM_PROMPT = (
-    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
-    "perceiving auditory and visual inputs, as well as generating text and speech."
-)
+from ..conversation import SPEECH_SYSTEM_PROMPT as SYSTEM_PROMPT
 
 # The special tokens of the real tokenizer, in the real order (ids 151643...); the tiny
 # tokenizer gives them small ids right after its byte-level vocabulary.

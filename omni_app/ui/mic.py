@@ -40,10 +40,9 @@ def feed_microphone(session: ChatSession, chunk) -> tuple:
             barge = time.time()
         elif isinstance(event, TurnEnded):
             session.turns.append((event.audio, time.monotonic()))
-            session.turn_ended_at = time.time()
             session.turn_count += 1
             # A line tests and operators can read: when the user's turn ended (epoch seconds).
-            log.info("turn ended at %.3f after %.2f s of speech", session.turn_ended_at, event.seconds)
+            log.info("turn ended at %.3f after %.2f s of speech", time.time(), event.seconds)
             turn = session.turn_count
     return turn, barge
 

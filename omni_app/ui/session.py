@@ -21,13 +21,11 @@ class ChatSession:
     messages: list[dict] = field(default_factory=list)
     #: Set to stop the reply that is being generated.
     cancel: threading.Event | None = None
-    generating: bool = False
     detector: object | None = None  # omni_app.vad.TurnDetector, created on first audio
     #: Utterances waiting to be answered (oldest first): (16 kHz audio, monotonic end time).
     turns: deque = field(default_factory=deque)
     #: Webcam frames (monotonic time, RGB array) of about the last minute (2 per second).
     frames: deque = field(default_factory=lambda: deque(maxlen=120))
-    turn_ended_at: float | None = None
     turn_count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
