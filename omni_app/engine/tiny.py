@@ -17,10 +17,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..conversation import SPEECH_SYSTEM_PROMPT as SYSTEM_PROMPT
+
 #: Bump when the recipe changes, so that cached folders are rebuilt.
 RECIPE_VERSION = "2"
-
-from ..conversation import SPEECH_SYSTEM_PROMPT as SYSTEM_PROMPT
 
 # The special tokens of the real tokenizer, in the real order (ids 151643...); the tiny
 # tokenizer gives them small ids right after its byte-level vocabulary.
