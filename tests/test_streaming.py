@@ -12,7 +12,7 @@ from batched import batched_generate
 from omni_app.config import GenerationLimits
 from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart, build_inputs
 from omni_app.engine.code2wav import BLOCK_FRAMES, SAMPLES_PER_FRAME, StreamingCode2Wav, WindowDecoder
-from omni_app.engine.reference import _to_device
+from omni_app.engine.reference import to_device
 from omni_app.engine.service import Request, Trace
 from omni_app.engine.stepper import ThinkerStepper
 from omni_app.events import AudioChunk, Done, TextDelta
@@ -176,7 +176,7 @@ def test_interleaved_requests_do_not_disturb_each_other(service):
     inputs = [build_inputs(c, loaded.processor) for c in prompts]
 
     def steppers():
-        return [ThinkerStepper(loaded.model.thinker, _to_device(p.tensors, loaded), p.use_audio_in_video, True)
+        return [ThinkerStepper(loaded.model.thinker, to_device(p.tensors, loaded), p.use_audio_in_video, True)
                 for p in inputs]
 
     solo = []

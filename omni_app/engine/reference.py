@@ -51,7 +51,7 @@ class ReferenceEngine:
         import torch
 
         model, tokenizer = loaded.model, loaded.processor.tokenizer
-        inputs = _to_device(prepared.tensors, loaded)
+        inputs = to_device(prepared.tensors, loaded)
         decoder = IncrementalDecoder(tokenizer)
 
         def on_token(token_id: int) -> None:
@@ -139,7 +139,8 @@ def _record(request: Request, prompt_ids, reply: list[int], codes: list[int]) ->
         request.trace.codes = list(codes)
 
 
-def _to_device(tensors: dict, loaded: LoadedModel) -> dict:
+def to_device(tensors: dict, loaded: LoadedModel) -> dict:
+    """Processor outputs on the model's device, floats in the model's dtype."""
     import torch
 
     moved = {}

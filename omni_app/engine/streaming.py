@@ -24,7 +24,7 @@ from ..events import AudioChunk, Event, TextDelta
 from ..voices import split_sentences
 from .code2wav import StreamingCode2Wav, WindowDecoder
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
-from .reference import _to_device, reason_for
+from .reference import reason_for, to_device
 from .service import Cancel, EngineResult, Request, to_int16
 from .stepper import TALKER_STOP_CODES, TalkerStepper, ThinkerStepper
 from .text import IncrementalDecoder
@@ -72,7 +72,7 @@ class StreamingEngine:
     def _utterance(self, loaded, prepared, request, emit, cancel, run, randomness, forced) -> str:
         """One reply (or one forced sentence) through Thinker, Talker and code2wav."""
         model = loaded.model
-        inputs = _to_device(prepared.tensors, loaded)
+        inputs = to_device(prepared.tensors, loaded)
         limits = request.limits
         max_tokens = len(forced) if forced is not None else limits.max_new_tokens
         eos_ids = set(_eos_ids(model))

@@ -14,7 +14,8 @@ from ..engine.service import Trace
 from ..errors import OmniError
 from ..events import Done
 from ..media import audio_from_array, load_image, load_video
-from .reply import Backend, LastReply, _key
+from .reply import Backend, LastReply
+from .session import session_key
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def build(backend: Backend, gpu_queue: str) -> None:
     outputs = [summary, *images.values()]
 
     def explain_last(request: gr.Request):
-        reply = backend.last.get(_key(request))
+        reply = backend.last.get(session_key(request))
         if reply is None:
             raise gr.Error("No turn yet in this session: talk, type or ask in another tab first.")
         return _safely(_explain, backend, reply)

@@ -20,7 +20,7 @@ from ..engine.service import Request, Trace
 from ..errors import OmniError, RequestError
 from ..events import AudioChunk, Done, Notice, Stats, TextDelta
 from ..voices import Voice
-from .session import ChatSession
+from .session import ChatSession, session_key
 from .zerogpu import on_gpu
 
 log = logging.getLogger(__name__)
@@ -49,30 +49,30 @@ class Backend:
 
     def voices_for(self, request) -> list[str]:
         """Voice names this browser session can pick: stock, saved, then its own."""
-        own = self._session_voices.get(_key(request), {})
+        own = self._session_voices.get(session_key(request), {})
         return self.service.voices + [n for n in own if n not in self.service.voices]
 
     def add_session_voice(self, voice: Voice, request) -> None:
         if voice.name in self.service.stock_voices:
             raise RequestError(f"{voice.name!r} is a stock voice; choose another name.")
-        self._session_voices.setdefault(_key(request), {})[voice.name] = voice
+        self._session_voices.setdefault(session_key(request), {})[voice.name] = voice
 
     def remember(self, request, reply: "LastReply") -> None:
         """Keep a session's last reply (a bounded number of sessions: API calls never unload)."""
-        self.last.pop(_key(request), None)
-        self.last[_key(request)] = reply
+        self.last.pop(session_key(request), None)
+        self.last[session_key(request)] = reply
         while len(self.last) > 500:
             self.last.pop(next(iter(self.last)))
 
     def drop_session(self, request) -> None:
-        self._session_voices.pop(_key(request), None)
-        self.last.pop(_key(request), None)
+        self._session_voices.pop(session_key(request), None)
+        self.last.pop(session_key(request), None)
 
     def resolve_voice(self, name: str | None, request) -> str | Voice | None:
         """A session's own voice as a :class:`Voice`; other names pass through."""
         if name is None:
             return None
-        return self._session_voices.get(_key(request), {}).get(name, name)
+        return self._session_voices.get(session_key(request), {}).get(name, name)
 
     @property
     def is_tiny(self) -> bool:
@@ -128,10 +128,6 @@ class LastReply:
     conversation: Conversation
     trace: Trace
     done: Done
-
-
-def _key(request) -> str:
-    return getattr(request, "session_hash", None) or "default"
 
 
 def format_status(done: Done) -> str:

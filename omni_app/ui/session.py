@@ -55,6 +55,11 @@ class ChatSession:
         self.frames.append((time.monotonic(), frame))
 
 
+def session_key(request) -> str:
+    """The browser session a gradio request belongs to."""
+    return getattr(request, "session_hash", None) or "default"
+
+
 class SessionStore:
     """Sessions of one tab. Entries are dropped when the browser tab unloads.
 
@@ -68,7 +73,7 @@ class SessionStore:
         self.limit = limit
 
     def get(self, request) -> ChatSession:
-        key = getattr(request, "session_hash", None) or "default"
+        key = session_key(request)
         with self._lock:
             if key not in self._sessions:
                 self._sessions[key] = ChatSession()
@@ -79,7 +84,7 @@ class SessionStore:
             return self._sessions[key]
 
     def drop(self, request) -> None:
-        key = getattr(request, "session_hash", None) or "default"
+        key = session_key(request)
         with self._lock:
             session = self._sessions.pop(key, None)
         if session is not None:
