@@ -27,10 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from omni_app.api import Request  # noqa: E402
 from omni_app.config import GenerationLimits, ServiceConfig  # noqa: E402
 from omni_app.conversation import AudioPart, Conversation  # noqa: E402
 from omni_app.engine.reference import ReferenceEngine  # noqa: E402
-from omni_app.engine.service import ModelService, Request  # noqa: E402
+from omni_app.engine.service import ModelService  # noqa: E402
 from omni_app.engine.streaming import StreamingEngine  # noqa: E402
 from omni_app.events import AudioChunk, Done, TextDelta  # noqa: E402
 from omni_app.media import load_audio  # noqa: E402

@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 
 from .config import ENGINES, GenerationLimits, MediaLimits, ServiceConfig
@@ -31,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send one message with optional media; print the reply and save its speech.",
     )
     chat.add_argument("text", nargs="?", default="", help="the message text (may be empty when media is given)")
-    add_model_options(chat)
+    add_backend_options(chat)
     chat.add_argument("--audio", action="append", default=[], metavar="FILE",
                       help="an audio file to send (wav, flac, mp3, ogg, webm, m4a); repeatable")
     chat.add_argument("--image", action="append", default=[], metavar="FILE",
@@ -54,11 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a text aloud, word for word, in a stock voice or one made from a reference recording.",
     )
     say.add_argument("text", help="the exact text to speak (long texts are read sentence by sentence)")
-    add_model_options(say)
+    add_backend_options(say)
     say.add_argument("--voice", default="Chelsie", help="stock voice, or the base voice with --voice-ref")
     say.add_argument("--voice-ref", type=Path, metavar="CLIP",
                      help="a 3-30 s recording of one speaker: the voice is rendered with its timbre")
-    say.add_argument("--voices-dir", type=Path, help="folder of saved custom voices (usable by name with --voice)")
     say.add_argument("--seed", type=int, help="seed for the speech sampling")
     say.add_argument("--max-speech-seconds", type=float, default=GenerationLimits.max_speech_seconds,
                      help="longest speech per sentence in seconds (default: %(default)s)")
@@ -66,8 +64,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """Where the model is: in this process (the model options) or behind ``--backend URL``."""
+    add_model_options(parser)
+    parser.add_argument("--voices-dir", type=Path, help="folder of custom voices: loaded at start; the web app's "
+                        "voice-cloning tab can save new ones there (model in this process only)")
+    remote = parser.add_argument_group("a model on a server (instead of loading one here)")
+    remote.add_argument("--backend", metavar="URL", default=os.environ.get("OMNI_APP_BACKEND"),
+                        help="an OpenAI-compatible server: 'python -m omni_app serve', a Ray Serve deployment "
+                             "of it, or vLLM-Omni (e.g. http://gpu-box:8000)")
+    remote.add_argument("--dialect", choices=["auto", "openai", "vllm-omni"], default="auto",
+                        help="how the server streams speech (default: ask the server, else openai)")
+    remote.add_argument("--api-key", default=os.environ.get("OMNI_APP_API_KEY"),
+                        help="bearer token for the server (default: $OMNI_APP_API_KEY)")
+
+
+def open_backend(args, warmup: bool = False, announce: bool = True):
+    """The backend the options name: a remote server, or the model loaded here.
+
+    ``announce`` prints what is being loaded (and that the tiny model is noise) on stdout.
+    """
+    if args.backend:
+        from .serve.remote import RemoteBackend
+
+        backend = RemoteBackend(args.backend, dialect=args.dialect, api_key=args.api_key)
+        if announce:
+            print(f"omni_app: using the model server at {args.backend} ({backend.info.description})", flush=True)
+        return backend
+    from .engine.local import LocalBackend
+
+    config = ServiceConfig(model=args.model, device=args.device, dtype=args.dtype, engine=args.engine)
+    if announce:
+        print(f"omni_app: loading {config.model} ...", flush=True)
+    backend = LocalBackend.from_config(config, args.voices_dir)
+    if args.voices_dir is not None:
+        problems = backend.load_voices()
+        for problem in problems:
+            print(f"omni_app: warning: {problem} It was skipped.", file=sys.stderr)
+        if announce:
+            print(f"omni_app: {len(backend.voices()) - len(backend.stock_voices())} custom voice(s) from "
+                  f"{args.voices_dir}", flush=True)
+    if announce and backend.info.is_tiny:
+        print("omni_app: the tiny test model is loaded: its replies are random noise (no GPU found, or --model "
+              "tiny). Use --model Qwen/Qwen2.5-Omni-7B on a GPU for real answers.", flush=True)
+    if warmup:
+        backend.warmup()
+    return backend
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The options that choose and place the model (shared with the app's entry point)."""
+    """The options that choose and place a model loaded in this process."""
     parser.add_argument("--model", default=os.environ.get("OMNI_APP_MODEL", "auto"),
                         help="Qwen/Qwen2.5-Omni-7B, Qwen/Qwen2.5-Omni-3B, a local checkpoint folder, 'tiny' "
                              "(a small random model for trying the app offline) or 'auto' (default: the 7B "
@@ -100,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _chat(args) -> int:
+    from .api import Request
     from .conversation import AudioPart, Conversation, ImagePart, VideoPart
     from .errors import RequestError
     from .events import AudioChunk, Done, Notice, TextDelta
@@ -115,14 +162,11 @@ def _chat(args) -> int:
     conversation = Conversation() if args.system_prompt is None else Conversation(system_prompt=args.system_prompt)
     conversation = conversation.add_user(*parts, args.text)
 
-    from .engine.service import ModelService, Request
-
-    service = ModelService.from_config(ServiceConfig(model=args.model, device=args.device, dtype=args.dtype,
-                                                     engine=args.engine))
+    backend = open_backend(args, announce=False)
     request = Request(conversation, voice=None if args.text_only else args.voice, limits=limits, seed=args.seed)
     chunks = []
     done = None
-    for event in service.stream(request, threading.Event()):
+    for event in backend.stream(request):
         if isinstance(event, TextDelta):
             sys.stdout.write(event.text)
             sys.stdout.flush()
@@ -139,30 +183,25 @@ def _chat(args) -> int:
         s = done.stats
         print(f"[{done.reason}] {s.text_tokens} tokens, {s.audio_seconds:.2f} s of speech, "
               f"{s.total_time:.2f} s total", file=sys.stderr)
-        if service.loaded.is_tiny:
+        if backend.info.is_tiny:
             print("note: the tiny model has random weights; its replies are noise.", file=sys.stderr)
     return 0
 
 
 def _say(args) -> int:
-    from .conversation import Conversation
-    from .engine.service import ModelService, Request
+    from .api import Request
     from .events import AudioChunk, Done
     from .media import load_audio
-    from .voices import load_voice_folder, voice_from_reference
 
     reference = load_audio(args.voice_ref) if args.voice_ref is not None else None
-    service = ModelService.from_config(ServiceConfig(model=args.model, device=args.device, dtype=args.dtype,
-                                                     engine=args.engine))
-    if args.voices_dir is not None:
-        service.add_voices(load_voice_folder(args.voices_dir)[0])
-    voice = service.voice(args.voice)
+    backend = open_backend(args, announce=False)
+    voice = args.voice
     if reference is not None:
-        voice = voice_from_reference("reference", reference, voice)
+        voice = backend.create_voice("reference", reference, base=args.voice)
     limits = GenerationLimits(max_speech_seconds=args.max_speech_seconds)
-    request = Request(Conversation(), voice=voice, limits=limits, seed=args.seed, speak_text=args.text)
+    request = Request(voice=voice, limits=limits, seed=args.seed, speak_text=args.text)
     chunks, done = [], None
-    for event in service.stream(request, threading.Event()):
+    for event in backend.stream(request):
         if isinstance(event, AudioChunk):
             chunks.append(event)
         elif isinstance(event, Done):

@@ -19,3 +19,11 @@ class RequestError(OmniError):
 
 class ModelLoadError(OmniError):
     """The model could not be loaded; the message names the remedies."""
+
+
+class Unsupported(OmniError):
+    """The backend can't do this (e.g. look inside a model that runs elsewhere)."""
+
+
+class BackendUnavailable(OmniError):
+    """The model server can't be reached or stopped answering; the message says where."""

@@ -3,6 +3,8 @@
 A stream is a sequence of :class:`TextDelta`, :class:`AudioChunk` and :class:`Notice`
 events that always ends with exactly one :class:`Done`. Errors are not events: they are
 raised from the stream (an :class:`~omni_app.errors.OmniError` for the user's mistakes).
+Everything here is plain data (numbers, strings, numpy arrays): events cross threads,
+processes (ZeroGPU) and HTTP unchanged.
 """
 
 from __future__ import annotations
@@ -48,6 +50,41 @@ class Notice:
     level: Literal["info", "warning"] = "warning"
 
 
+#: Mel frames of a chunk the streaming vocoder holds back until the next chunk gives them
+#: context on both sides (all but the last chunk).
+VOCODER_HOLD = 20
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One decoded speech chunk, in mel frames (100 per second): the decoder's window and
+    the frames kept from it."""
+
+    window_start: int
+    window_end: int
+    keep_start: int
+    keep_end: int
+    last: bool
+
+    @property
+    def audio_end(self) -> int:
+        """The mel frame up to which this chunk's audio was delivered."""
+        return self.keep_end if self.last else self.keep_end - VOCODER_HOLD
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What the model produced for one reply, for inspection and tests."""
+
+    prompt_ids: tuple[int, ...] = ()
+    reply_ids: tuple[int, ...] = ()
+    codes: tuple[int, ...] = ()
+    #: Streaming engine only: the speech decoder's chunks.
+    chunks: tuple[ChunkPlan, ...] = ()
+    #: Streaming engine only: (seconds since start, "token" | "code" | "chunk", running count).
+    timeline: tuple[tuple[float, str, int], ...] = ()
+
+
 @dataclass(frozen=True)
 class Stats:
     """Measurements of one reply. Times are seconds since the request was started."""
@@ -59,6 +96,8 @@ class Stats:
     codec_codes: int
     audio_seconds: float
     engine: str = ""
+    #: Seconds the request waited for the model before it started (included in the times above).
+    queue_time: float = 0.0
     #: Per-stage measurements an engine may add (e.g. tokens per second).
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -76,6 +115,8 @@ class Done:
 
     reason: DoneReason
     stats: Stats
+    #: What the model produced; ``None`` where the backend can't say (a remote model).
+    trace: Trace | None = None
 
 
 Event = Union[TextDelta, AudioChunk, Notice, Done]

@@ -53,6 +53,17 @@ class Voice:
         return {"bos_token": int(self.bos_token), "cond": torch.from_numpy(self.cond),
                 "ref_mel": torch.from_numpy(self.ref_mel)}
 
+    def fingerprint(self) -> str:
+        """A short hash of what the voice sounds like (its conditioning and base)."""
+        import hashlib
+
+        digest = hashlib.sha1()
+        for part in (self.name, str(self.bos_token), str(self.base)):
+            digest.update(part.encode())
+        digest.update(np.ascontiguousarray(self.cond, np.float32).tobytes())
+        digest.update(np.ascontiguousarray(self.ref_mel, np.float32).tobytes())
+        return digest.hexdigest()[:12]
+
     @classmethod
     def from_speaker(cls, name: str, entry: dict) -> "Voice":
         return cls(name=name, bos_token=int(entry["bos_token"]),

@@ -147,3 +147,7 @@ def live_app(tmp_path_factory, _isolated_cache):
     except subprocess.TimeoutExpired:
         process.kill()
     handle.close()
+    # Kept for whoever reads a failed run.
+    out = root / "test-output"
+    out.mkdir(exist_ok=True)
+    shutil.copyfile(log, out / "app.log")

@@ -8,9 +8,10 @@ import torch
 
 from omni_app import inside
 from omni_app import inside_plots as plots
+from omni_app.api import Request
 from omni_app.config import GenerationLimits
 from omni_app.conversation import Conversation, ImagePart, VideoPart, build_inputs
-from omni_app.engine.service import Request, Trace
+from omni_app.engine import inspect
 from omni_app.media import load_image, load_video
 
 
@@ -24,14 +25,14 @@ def talking_video(service, media_dir):
 def test_tmrope_equals_get_rope_index_and_chunks_every_2_seconds(service, talking_video):
     _, _, prepared = talking_video
     loaded = service.loaded
-    positions, per_second = inside.rope_positions(loaded, prepared)
+    positions, per_second = inspect.rope_positions(loaded, prepared)
     t = prepared.tensors
     reference, _ = loaded.model.thinker.get_rope_index(
         t["input_ids"], t.get("image_grid_thw"), t.get("video_grid_thw"), torch.ones_like(t["input_ids"]),
         True, t["feature_attention_mask"].sum(-1), t["video_second_per_grid"])
     assert np.array_equal(positions, reference[:, 0].numpy())
     assert per_second == loaded.model.config.thinker_config.position_id_per_seconds == 25
-    tokens = inside.token_map(loaded, prepared)
+    tokens = inspect.token_map(loaded, prepared)
     media = [r for r in tokens.runs if r[0] in ("audio", "video")]
     assert [k for k, _, _ in media] == ["video", "audio", "video", "audio"]  # frames first in each chunk
     # Interleave boundaries every 2 s of media time: each chunk's time ids span < 2 s * 25.
@@ -48,7 +49,7 @@ def test_tmrope_equals_get_rope_index_and_chunks_every_2_seconds(service, talkin
 def test_drawn_attention_equals_the_dit_mask(service):
     loaded = service.loaded
     codes = 120
-    drawn = inside.dit_attention(loaded, codes)
+    drawn = inspect.dit_attention(loaded, codes)
     dit = loaded.model.token2wav.code2wav_dit_model
     hidden = torch.zeros(1, codes * dit.repeats, 1)
     block_diff = dit._create_block_diff(hidden)[0, 0]
@@ -62,15 +63,15 @@ def test_drawn_attention_equals_the_dit_mask(service):
 
 
 def test_timeline_counts_equal_done_stats(service):
-    trace = Trace()
-    events = list(service.stream(Request(Conversation().add_user("Time me"), seed=1, trace=trace,
+    events = list(service.stream(Request(Conversation().add_user("Time me"), seed=1,
                                          limits=GenerationLimits(max_new_tokens=40, max_speech_seconds=2))))
+    trace = events[-1].trace
     stats = events[-1].stats
-    data = inside.timeline(trace.timeline, trace.chunks)
+    data = inside.timeline(list(trace.timeline), list(trace.chunks))
     assert data["token"][-1][1] == stats.text_tokens
     assert data["code"][-1][1] == stats.codec_codes
     assert len(data["chunk"]) == len(trace.chunks)
-    assert sum(end - start for start, end in inside.chunk_audio(trace.chunks)) / 100 == stats.audio_seconds
+    assert sum(end - start for start, end in inside.chunk_audio(list(trace.chunks))) / 100 == stats.audio_seconds
     assert data["first_audio"] <= stats.time_to_first_audio
     image = plots.draw_timeline(data, stats.audio_seconds)
     assert image.ndim == 3 and image.shape[2] == 3
@@ -79,16 +80,16 @@ def test_timeline_counts_equal_done_stats(service):
 def test_audio_and_vision_views(service, talking_video, media_dir):
     clip, _, prepared = talking_video
     loaded = service.loaded
-    audio = inside.audio_view(loaded, prepared)
+    audio = inspect.audio_view(loaded, prepared)
     assert audio.mel.shape[0] == 128 and abs(audio.seconds - 3.0) < 0.1 and audio.block_frames == 200
     assert 24 <= audio.tokens / audio.seconds <= 26
-    video = inside.vision_view(loaded, prepared, clip.frames[0], "video")
+    video = inspect.vision_view(loaded, prepared, clip.frames[0], "video")
     t, h, w = prepared.tensors["video_grid_thw"][0].tolist()
     assert video.image.shape[:2] == (h * 14, w * 14) and video.tokens_per_frame == h * w // 4
     assert video.frame_times == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     image = load_image(media_dir / "photo.jpg")
     picture = build_inputs(Conversation().add_user(ImagePart(image), "?"), loaded.processor)
-    view = inside.vision_view(loaded, picture, np.asarray(image), "image")
+    view = inspect.vision_view(loaded, picture, np.asarray(image), "image")
     assert view.image.shape[0] % 28 == 0 and view.image.shape[1] % 28 == 0
     for drawing in (plots.draw_audio(audio), plots.draw_vision(video), plots.draw_vision(view)):
         assert drawing.ndim == 3

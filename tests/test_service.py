@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
+from omni_app.api import Request
 from omni_app.config import GenerationLimits
 from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart
-from omni_app.engine.service import ModelService, Request, Trace
+from omni_app.engine.service import ModelService
 from omni_app.errors import RequestError
 from omni_app.events import AudioChunk, Done, Notice, TextDelta
 from omni_app.media import load_audio, load_image, load_video
@@ -81,8 +82,8 @@ def test_voices_differ(any_service):
 
 
 def test_stats_are_consistent(any_service):
-    trace = Trace()
-    events = run(any_service, Request(Conversation().add_user("Stats"), limits=SHORT, seed=9, trace=trace))
+    events = run(any_service, Request(Conversation().add_user("Stats"), limits=SHORT, seed=9))
+    trace = events[-1].trace
     stats = events[-1].stats
     assert stats.text_tokens == len(trace.reply_ids) == 12
     assert stats.codec_codes == len(trace.codes)

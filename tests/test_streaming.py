@@ -9,11 +9,11 @@ import pytest
 import torch
 from batched import batched_generate
 
+from omni_app.api import Request
 from omni_app.config import GenerationLimits
 from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart, build_inputs
 from omni_app.engine.code2wav import BLOCK_FRAMES, SAMPLES_PER_FRAME, StreamingCode2Wav, WindowDecoder
-from omni_app.engine.reference import to_device
-from omni_app.engine.service import Request, Trace
+from omni_app.engine.common import to_device
 from omni_app.engine.stepper import ThinkerStepper
 from omni_app.events import AudioChunk, Done, TextDelta
 from omni_app.media import load_audio, load_image, load_video
@@ -45,33 +45,31 @@ def conversation(kind, media_dir):
 @pytest.mark.parametrize("kind", ["text", "audio", "image", "video", "video+audio"])
 def test_same_text_codes_and_length_as_reference(service, reference_service, media_dir, kind):
     conv = conversation(kind, media_dir)
-    streamed_trace, reference_trace = Trace(), Trace()
-    streamed = list(service.stream(Request(conv, voice="Chelsie", limits=LIMITS, seed=11, speech_sampling=False,
-                                           trace=streamed_trace)))
+    streamed = list(service.stream(Request(conv, voice="Chelsie", limits=LIMITS, seed=11, speech_sampling=False)))
     reference = list(reference_service.stream(Request(conv, voice="Chelsie", limits=LIMITS, seed=11,
-                                                      speech_sampling=False, trace=reference_trace)))
+                                                      speech_sampling=False)))
+    streamed_trace, reference_trace = streamed[-1].trace, reference[-1].trace
     assert text_of(streamed) == text_of(reference)
     assert streamed_trace.codes == reference_trace.codes and streamed_trace.codes
     assert len(audio_of(streamed)) == len(audio_of(reference)) == len(streamed_trace.codes) * 480
     assert sum(isinstance(e, AudioChunk) for e in streamed) > 1  # really streamed, not one block
     # Greedy codes equal generate()'s on the Talker's mask path (row 0 of a padded batch).
     reply, codes = batched_generate(service.loaded, conv, LIMITS.max_new_tokens, LIMITS.max_codec_codes)
-    assert streamed_trace.reply_ids == reply
-    assert streamed_trace.codes == codes
+    assert list(streamed_trace.reply_ids) == reply
+    assert list(streamed_trace.codes) == codes
 
 
 def test_sampled_speech_matches_reference_codes(service, reference_service):
     conv = Conversation().add_user("Sing")
-    a, b = Trace(), Trace()
-    list(service.stream(Request(conv, voice="Ethan", limits=LIMITS, seed=5, trace=a)))
-    list(reference_service.stream(Request(conv, voice="Ethan", limits=LIMITS, seed=5, trace=b)))
-    assert a.codes == b.codes
+    a = list(service.stream(Request(conv, voice="Ethan", limits=LIMITS, seed=5)))[-1].trace
+    b = list(reference_service.stream(Request(conv, voice="Ethan", limits=LIMITS, seed=5)))[-1].trace
+    assert a.codes == b.codes and a.codes
 
 
 def test_first_audio_arrives_before_the_text_is_done(service):
-    trace = Trace()
     events = list(service.stream(Request(Conversation().add_user("Go"), limits=GenerationLimits(
-        max_new_tokens=120, max_speech_seconds=4.0), seed=1, trace=trace)))
+        max_new_tokens=120, max_speech_seconds=4.0), seed=1)))
+    trace = events[-1].trace
     first_audio = next(i for i, e in enumerate(events) if isinstance(e, AudioChunk))
     last_text = max(i for i, e in enumerate(events) if isinstance(e, TextDelta))
     assert first_audio < last_text
@@ -86,10 +84,10 @@ def test_first_audio_arrives_before_the_text_is_done(service):
 
 def test_text_only_runs_no_talker(service, reference_service):
     conv = Conversation().add_user("Just text")
-    trace = Trace()
-    events = list(service.stream(Request(conv, voice=None, limits=LIMITS, seed=1, trace=trace)))
+    events = list(service.stream(Request(conv, voice=None, limits=LIMITS, seed=1)))
+    trace = events[-1].trace
     assert not any(isinstance(e, AudioChunk) for e in events)
-    assert trace.codes == [] and all(kind == "token" for _, kind, _ in trace.timeline)
+    assert trace.codes == () and all(kind == "token" for _, kind, _ in trace.timeline)
     reference = list(reference_service.stream(Request(conv, voice=None, limits=LIMITS, seed=1)))
     assert text_of(events) == text_of(reference)
 

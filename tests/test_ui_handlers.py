@@ -10,15 +10,16 @@ import pytest
 import soundfile as sf
 
 from omni_app.config import GenerationLimits, MediaLimits
+from omni_app.engine.local import LocalBackend
 from omni_app.ui.app import build_app
-from omni_app.ui.reply import Backend
+from omni_app.ui.context import AppContext
 
 LIMITS = GenerationLimits(max_new_tokens=16, max_speech_seconds=1.5)
 
 
 @pytest.fixture(scope="module")
 def app(service):
-    demo = build_app(Backend(service, LIMITS, MediaLimits()))
+    demo = build_app(AppContext(LocalBackend(service), LIMITS, MediaLimits()))
     names = [f.name for f in demo.fns.values() if f.fn is not None and f.name != "<lambda>"]
     assert len(names) == len(set(names)), "handler names must be unique to be looked up here"
     return {f.name: f.fn for f in demo.fns.values() if f.fn is not None}
@@ -214,24 +215,25 @@ def test_long_speech_is_cut_into_turns_without_losing_the_rest(tmp_path):
 
 
 def test_generation_across_a_process_boundary(service):
-    """ZeroGPU pickles the GPU function's arguments: a cancel event and a trace can't cross."""
+    """ZeroGPU pickles the GPU function's arguments and every event it yields."""
     import pickle
 
+    from omni_app.api import CancelToken, Request
     from omni_app.conversation import Conversation
-    from omni_app.engine.service import Trace
+    from omni_app.events import Done
 
-    backend = Backend(service, LIMITS, MediaLimits())
-    inner = backend._generate
+    backend = LocalBackend(service)
+    inner = backend._on_gpu
 
     def across(*args):
-        return inner(*pickle.loads(pickle.dumps(args)))
+        for event in inner(*pickle.loads(pickle.dumps(args))):
+            yield pickle.loads(pickle.dumps(event))
 
-    backend._generate, backend._in_process = across, False
-    trace = Trace()
-    events = list(backend.stream(Conversation().add_user("Hi"), "Chelsie", __import__("threading").Event(), trace))
-    assert events and trace.codes and trace.reply_ids
-    cancel = __import__("threading").Event()
-    stream = backend.stream(Conversation().add_user("Stop soon"), "Chelsie", cancel, Trace())
+    backend._on_gpu, backend._in_process = across, False
+    events = list(backend.stream(Request(Conversation().add_user("Hi"), voice="Chelsie", limits=LIMITS)))
+    assert isinstance(events[-1], Done) and events[-1].trace.codes and events[-1].trace.reply_ids
+    cancel = CancelToken()
+    stream = backend.stream(Request(Conversation().add_user("Stop soon"), voice="Chelsie", limits=LIMITS), cancel)
     next(stream)
-    cancel.set()
+    cancel.cancel()
     assert len(list(stream)) <= 1

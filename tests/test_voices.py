@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from omni_app.api import Request
 from omni_app.config import GenerationLimits
 from omni_app.conversation import Conversation
 from omni_app.engine.code2wav import WindowDecoder
-from omni_app.engine.service import Request, Trace
 from omni_app.errors import MediaError, RequestError
 from omni_app.events import AudioChunk, TextDelta
 from omni_app.media import load_audio
@@ -77,15 +77,15 @@ def test_custom_voice_changes_the_decoder_input_only(service, custom):
 
 def test_exact_text_feeds_the_talker_exactly_those_tokens(service, custom):
     text = "Good morning. The quick brown fox jumps over the lazy dog! 你好，今天天气怎么样？"
-    trace = Trace()
-    events = list(service.stream(Request(Conversation(), voice=custom, limits=LIMITS, seed=3, speak_text=text,
-                                         trace=trace)))
+    voice_id = service.add_custom_voice(custom)
+    events = list(service.stream(Request(Conversation(), voice=voice_id, limits=LIMITS, seed=3, speak_text=text)))
+    trace = events[-1].trace
     tokenizer = service.loaded.processor.tokenizer
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     expected = []
     for segment in split_sentences(text):
         expected += tokenizer(segment, add_special_tokens=False).input_ids + [eos]
-    assert trace.reply_ids == expected
+    assert list(trace.reply_ids) == expected
     spoken = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert spoken == "".join(split_sentences(text))
     assert sum(isinstance(e, AudioChunk) for e in events) >= len(split_sentences(text))
@@ -93,12 +93,13 @@ def test_exact_text_feeds_the_talker_exactly_those_tokens(service, custom):
 
 def test_reference_engine_speaks_custom_voices_and_restores_the_map(reference_service, custom):
     before = dict(reference_service.loaded.model.speaker_map)
-    events = list(reference_service.stream(Request(Conversation().add_user("Hi"), voice=custom, limits=LIMITS,
+    voice_id = reference_service.add_custom_voice(custom)
+    events = list(reference_service.stream(Request(Conversation().add_user("Hi"), voice=voice_id, limits=LIMITS,
                                                    seed=1)))
     assert any(isinstance(e, AudioChunk) for e in events)
     assert reference_service.loaded.model.speaker_map.keys() == before.keys()
     with pytest.raises(RequestError, match="streaming engine"):
-        list(reference_service.stream(Request(Conversation(), voice=custom, speak_text="Hello")))
+        list(reference_service.stream(Request(Conversation(), voice=voice_id, speak_text="Hello")))
 
 
 def test_bad_references_are_rejected(service, tmp_path, media_dir):

@@ -16,27 +16,15 @@ is exactly as long as a whole-utterance decode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from ..events import ChunkPlan
 
 BLOCK_FRAMES = 24
 PAST_FRAMES = 2 * BLOCK_FRAMES
 FUTURE_FRAMES = BLOCK_FRAMES
 VOCODER_CONTEXT = 40
-VOCODER_HOLD = 20
 SAMPLES_PER_FRAME = 240
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """One decoded chunk, in mel frames: the DiT window and the frames kept from it."""
-
-    window_start: int
-    window_end: int
-    keep_start: int
-    keep_end: int
-    last: bool
 
 
 class WindowDecoder:
@@ -174,7 +162,7 @@ class StreamingCode2Wav:
         # Vocoder: some already final mel before the chunk, hold back the tail until the next one.
         voc_start = max(plan.keep_start - VOCODER_CONTEXT, 0)
         wave = self.decoder.wave(self._mel[:, :, voc_start:plan.keep_end])
-        emit_end = plan.keep_end if plan.last else plan.keep_end - VOCODER_HOLD
+        emit_end = plan.audio_end
         piece = wave[(self._emitted_frames - voc_start) * SAMPLES_PER_FRAME:(emit_end - voc_start) * SAMPLES_PER_FRAME]
         self._emitted_frames = emit_end
         return piece

@@ -18,12 +18,10 @@ import time
 from collections.abc import Callable
 
 from ..conversation import PreparedInputs
-from ..events import AudioChunk, Event, TextDelta
+from ..events import AudioChunk, Event, TextDelta, Trace
+from .common import Cancel, EngineResult, Job, reason_for, speech_codes, to_device, to_int16
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
-from .service import Cancel, EngineResult, Request, to_int16
 from .text import IncrementalDecoder, TokenStreamer
-
-TALKER_STOP_CODES = (8292, 8294)
 
 
 class _Watch:
@@ -45,8 +43,9 @@ class ReferenceEngine:
     """Runs ``Qwen2_5OmniForConditionalGeneration.generate()`` and reports its output."""
 
     name = "reference"
+    speaks_text = False
 
-    def run(self, loaded: LoadedModel, prepared: PreparedInputs, request: Request,
+    def run(self, loaded: LoadedModel, prepared: PreparedInputs, job: Job,
             emit: Callable[[Event], None], cancel: Cancel) -> EngineResult:
         import torch
 
@@ -60,14 +59,14 @@ class ReferenceEngine:
                 emit(TextDelta(delta))
 
         streamer = TokenStreamer(on_token)
-        torch.manual_seed(request.seed)
+        torch.manual_seed(job.seed)
         if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(request.seed)
-        limits = request.limits
+            torch.cuda.manual_seed_all(job.seed)
+        limits = job.limits
         eos = model.thinker.generation_config.eos_token_id
         started = time.perf_counter()
 
-        if request.voice is None:
+        if job.voice is None:
             watch = _Watch(cancel, inputs["input_ids"].shape[1])
             sequences = model.thinker.generate(
                 **inputs, use_audio_in_video=prepared.use_audio_in_video,
@@ -76,9 +75,9 @@ class ReferenceEngine:
             )
             _flush(decoder, emit)
             reply = sequences[0, inputs["input_ids"].shape[1]:].tolist()
-            _record(request, inputs["input_ids"], reply, [])
             return EngineResult(reason_for(reply, eos, limits.max_new_tokens), len(reply), 0,
-                                {"thinker_seconds": time.perf_counter() - started})
+                                {"thinker_seconds": time.perf_counter() - started},
+                                _trace(inputs["input_ids"], reply, []))
 
         inputs = _pad_one(inputs, tokenizer.pad_token_id)
         prompt_length = inputs["input_ids"].shape[1]
@@ -86,36 +85,35 @@ class ReferenceEngine:
         # The Talker's prompt is the thinker prompt plus 2 rows (voice bos and first reply token).
         talker_watch = _Watch(cancel, prompt_length + 2)
         wave = None
-        speaker = _register(model, request.voice)
+        speaker = _register(model, job.voice)
         try:
             _, wave = model.generate(
                 **inputs, speaker=speaker, use_audio_in_video=prepared.use_audio_in_video,
                 thinker_max_new_tokens=limits.max_new_tokens, thinker_do_sample=False,
                 thinker_streamer=streamer, thinker_stopping_criteria=[thinker_watch],
                 talker_max_new_tokens=limits.max_codec_codes, talker_stopping_criteria=[talker_watch],
-                talker_do_sample=request.speech_sampling,
+                talker_do_sample=job.request.speech_sampling,
                 # generate() would hand the pixels to the Talker, which rejects them.
                 talker_pixel_values=None, talker_pixel_values_videos=None,
             )
         except (RuntimeError, IndexError, ValueError):
             # Known transformers crashes with nothing to say: a reply shorter than 2 tokens, a
             # Talker that stops before its first code, or a cancel that cut either short.
-            if not (cancel.is_set() or streamer.count < 2 or _codes(talker_watch.generated) == []):
+            if not (cancel.is_set() or streamer.count < 2 or speech_codes(talker_watch.generated) == []):
                 raise
         finally:
-            if speaker != request.voice.name:
+            if speaker != job.voice.name:
                 model.speaker_map.pop(speaker, None)
         _flush(decoder, emit)
         reply_tokens = streamer.count
-        codes = _codes(talker_watch.generated)
-        _record(request, inputs["input_ids"][:, 1:], thinker_watch.generated, codes)
+        codes = speech_codes(talker_watch.generated)
         if wave is not None and codes and not cancel.is_set():
             emit(AudioChunk(OUTPUT_SAMPLE_RATE, to_int16(wave.detach().float().cpu().numpy().reshape(-1))))
         reason = reason_for(thinker_watch.generated, eos, limits.max_new_tokens)
         if reason == "finished" and len(codes) >= limits.max_codec_codes:
             reason = "length"
-        return EngineResult(reason, reply_tokens, len(codes),
-                            {"generate_seconds": time.perf_counter() - started})
+        return EngineResult(reason, reply_tokens, len(codes), {"generate_seconds": time.perf_counter() - started},
+                            _trace(inputs["input_ids"][:, 1:], thinker_watch.generated, codes))
 
 
 def _register(model, voice) -> str:
@@ -132,25 +130,8 @@ def _register(model, voice) -> str:
     return key
 
 
-def _record(request: Request, prompt_ids, reply: list[int], codes: list[int]) -> None:
-    if request.trace is not None:
-        request.trace.prompt_ids = prompt_ids[0].tolist()
-        request.trace.reply_ids = list(reply)
-        request.trace.codes = list(codes)
-
-
-def to_device(tensors: dict, loaded: LoadedModel) -> dict:
-    """Processor outputs on the model's device, floats in the model's dtype."""
-    import torch
-
-    moved = {}
-    for key, value in tensors.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(loaded.device)
-            if value.is_floating_point():
-                value = value.to(loaded.dtype)
-        moved[key] = value
-    return moved
+def _trace(prompt_ids, reply: list[int], codes: list[int]) -> Trace:
+    return Trace(prompt_ids=tuple(prompt_ids[0].tolist()), reply_ids=tuple(reply), codes=tuple(codes))
 
 
 def _pad_one(inputs: dict, pad_id: int) -> dict:
@@ -163,22 +144,6 @@ def _pad_one(inputs: dict, pad_id: int) -> dict:
     padded["input_ids"] = torch.cat([ids.new_full((ids.shape[0], 1), pad_id), ids], dim=1)
     padded["attention_mask"] = torch.cat([mask.new_zeros((mask.shape[0], 1)), mask], dim=1)
     return padded
-
-
-def _codes(talker_ids: list[int]) -> list[int]:
-    """Codec codes up to (not including) the first stop code."""
-    for index, code in enumerate(talker_ids):
-        if code in TALKER_STOP_CODES:
-            return talker_ids[:index]
-    return talker_ids
-
-
-def reason_for(reply: list[int], eos, max_new_tokens: int) -> str:
-    """``finished`` when the reply ended by itself, ``length`` when it hit the limit."""
-    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-    if reply and reply[-1] in eos_ids:
-        return "finished"
-    return "length" if len(reply) >= max_new_tokens else "finished"
 
 
 def _flush(decoder: IncrementalDecoder, emit: Callable[[Event], None]) -> None:

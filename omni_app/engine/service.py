@@ -12,87 +12,28 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import numpy as np
-
+from ..api import CancelToken, Request
 from ..config import GenerationLimits, ServiceConfig
-from ..conversation import Conversation, PreparedInputs, build_inputs
+from ..conversation import Conversation, build_inputs
 from ..errors import RequestError
 from ..events import AudioChunk, Done, Event, Notice, Stats, TextDelta
 from ..voices import Voice
+from .common import Cancel, Engine, EngineResult, Job
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Request:
-    """One reply to generate."""
-
-    conversation: Conversation
-    #: A voice name, a :class:`~omni_app.voices.Voice` (e.g. a session's custom voice),
-    #: or ``None`` for a text-only reply.
-    voice: "str | Voice | None" = "Chelsie"
-    limits: GenerationLimits = GenerationLimits()
-    #: Fixes the sampling of the speech; ``None`` picks a random seed (reported in stats).
-    seed: int | None = None
-    #: Sample speech codes as the model card recommends (top-k 40, top-p 0.8, T 0.9);
-    #: ``False`` decodes them greedily (repeatable without a seed; used for comparisons).
-    speech_sampling: bool = True
-    #: Exact-text speech: speak these words (the conversation is not used). Streaming engine.
-    speak_text: str | None = None
-    #: Filled in by the engine for the caller that wants to look inside (ids, codes).
-    trace: "Trace | None" = field(default=None, compare=False)
-
-
-@dataclass
-class Trace:
-    """What the model produced for one request, for inspection and tests."""
-
-    prompt_ids: list[int] = field(default_factory=list)
-    reply_ids: list[int] = field(default_factory=list)
-    codes: list[int] = field(default_factory=list)
-    #: Streaming engine only: the code2wav chunk plans, in mel frames.
-    chunks: list = field(default_factory=list)
-    #: Streaming engine only: (seconds since start, "token" | "code" | "chunk", running count).
-    timeline: list[tuple[float, str, int]] = field(default_factory=list)
-
-
-class Cancel:
-    """Set when either the caller's event or the stream's own closing asks to stop."""
-
-    def __init__(self, *events: threading.Event | None) -> None:
-        self._events = [e for e in events if e is not None]
-
-    def is_set(self) -> bool:
-        return any(e.is_set() for e in self._events)
-
-
-@dataclass
-class EngineResult:
-    """What an engine reports when it has finished a request."""
-
-    reason: str
-    text_tokens: int
-    codec_codes: int
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-class Engine(Protocol):
-    """Runs one prepared request, calling ``emit`` with each event as it is produced."""
-
-    name: str
-
-    def run(self, loaded: LoadedModel, prepared: PreparedInputs, request: Request,
-            emit: Callable[[Event], None], cancel: Cancel) -> EngineResult: ...
-
-
 _END = object()
 #: Longest exact-text request (roughly 5 minutes of speech).
 MAX_SPEAK_CHARS = 5000
+
+
+#: Unlisted custom voices (made in a browser session or through the API) kept at most.
+MAX_CUSTOM_VOICES = 256
 
 
 class ModelService:
@@ -102,21 +43,44 @@ class ModelService:
         self.loaded = loaded
         self.engine = engine
         self._lock = threading.Lock()
+        self._waiting = 0  # requests waiting for the lock (for queue positions)
+        #: Voices listed by name: the stock ones and saved custom ones.
         self._voices = {name: Voice.from_speaker(name, entry) for name, entry in loaded.voices.items()}
         self._stock = list(loaded.voice_names)
+        #: Unlisted custom voices by id, least recently used first.
+        self._custom: OrderedDict[str, Voice] = OrderedDict()
+        self._voices_lock = threading.Lock()
 
     def add_voices(self, voices: list[Voice]) -> None:
         """Make saved custom voices selectable by name (stock voices keep their names)."""
         for voice in voices:
             if voice.name in self._stock:
                 raise RequestError(f"A custom voice can't take the name of the stock voice {voice.name!r}.")
-            self._voices[voice.name] = voice
+            with self._voices_lock:
+                self._voices[voice.name] = voice
+
+    def add_custom_voice(self, voice: Voice) -> str:
+        """Keep an unlisted voice (the oldest go beyond a bound); returns the id that names it."""
+        key = f"{voice.name}#{voice.fingerprint()}"
+        with self._voices_lock:
+            self._custom[key] = voice
+            self._custom.move_to_end(key)
+            while len(self._custom) > MAX_CUSTOM_VOICES:
+                self._custom.popitem(last=False)
+        return key
 
     def voice(self, name: str) -> Voice:
-        """The voice called ``name``."""
-        if name not in self._voices:
-            raise RequestError(f"Unknown voice {name!r}; choose one of {', '.join(self.voices)}.")
-        return self._voices[name]
+        """The voice called (or with the id) ``name``."""
+        with self._voices_lock:
+            if name in self._voices:
+                return self._voices[name]
+            if name in self._custom:
+                self._custom.move_to_end(name)
+                return self._custom[name]
+        if "#" in name:
+            raise RequestError(f"The voice {name.split('#')[0]!r} is no longer available (the server restarted "
+                               "or many newer voices were made); create it again.")
+        raise RequestError(f"Unknown voice {name!r}; choose one of {', '.join(self.voices)}.")
 
     @classmethod
     def from_config(cls, config: ServiceConfig) -> "ModelService":
@@ -135,6 +99,17 @@ class ModelService:
     def stock_voices(self) -> list[str]:
         return list(self._stock)
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the model right now."""
+        return self._waiting
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model: no generation runs meanwhile (for other work on its modules)."""
+        with self._lock:
+            yield
+
     def warmup(self) -> None:
         """Run one short request so the first user does not pay for lazy initialisation."""
         conversation = Conversation().add_user("Hello")
@@ -142,13 +117,17 @@ class ModelService:
         for _ in self.stream(Request(conversation, voice=self._stock[0], limits=limits, seed=0)):
             pass
 
-    def stream(self, request: Request, cancel: threading.Event | None = None) -> Iterator[Event]:
-        """Generate the reply to ``request`` as events; the last one is always :class:`Done`."""
+    def stream(self, request: Request, cancel: CancelToken | None = None,
+               voice: Voice | None = None) -> Iterator[Event]:
+        """Generate the reply to ``request`` as events; the last one is always :class:`Done`.
+
+        ``voice`` overrides the lookup of ``request.voice`` (a caller in another process
+        passes the voice itself).
+        """
         started = time.perf_counter()
-        voice = self.voice(request.voice) if isinstance(request.voice, str) else request.voice
-        if request.seed is None:
-            request = replace(request, seed=random.randrange(2**31))
-        request = replace(request, voice=voice)
+        if voice is None and request.voice is not None:
+            voice = self.voice(request.voice)
+        job = Job(request, voice, request.seed if request.seed is not None else random.randrange(2**31))
         if request.speak_text is not None:
             if voice is None:
                 raise RequestError("Speaking a text needs a voice.")
@@ -157,7 +136,7 @@ class ModelService:
             if len(request.speak_text) > MAX_SPEAK_CHARS:
                 raise RequestError(f"The text is {len(request.speak_text)} characters long; the limit is "
                                    f"{MAX_SPEAK_CHARS}. Split it into parts.")
-            if not getattr(self.engine, "speaks_text", False):
+            if not self.engine.speaks_text:
                 raise RequestError("Exact-text speech needs the streaming engine (--engine streaming).")
             prepared = None
         else:
@@ -170,33 +149,55 @@ class ModelService:
         closed = threading.Event()
         stop = Cancel(cancel, closed)
         if not self._acquire(stop):
-            yield Done("cancelled", _stats(started, None, None, 0, 0, 0.0, self.engine.name, request))
+            yield Done("cancelled", _stats(started, None, None, EngineResult("cancelled", 0, 0), 0.0,
+                                           self.engine.name, job, time.perf_counter() - started))
             return
-        try:
-            yield from self._run(request, prepared, stop, closed, started)
-        finally:
-            self._lock.release()
+        queued = time.perf_counter() - started
+        # From here the lock belongs to the generation worker: it releases it when the
+        # engine returns, so a consumer that goes away never leaves the model locked, and a
+        # worker still finishing its step never overlaps the next request.
+        yield from self._run(job, prepared, stop, closed, started, queued)
 
     def _acquire(self, stop: Cancel) -> bool:
-        while not self._lock.acquire(timeout=0.05):
-            if stop.is_set():
-                return False
-        return True
+        self._waiting += 1
+        try:
+            while not self._lock.acquire(timeout=0.05):
+                if stop.is_set():
+                    return False
+            return True
+        finally:
+            self._waiting -= 1
 
-    def _run(self, request, prepared, stop, closed, started) -> Iterator[Event]:
-        events: queue.Queue = queue.Queue()
+    def _run(self, job: Job, prepared, stop: Cancel, closed: threading.Event, started: float,
+             queued: float) -> Iterator[Event]:
+        # Bounded: when the consumer is slow the engine waits; no event is ever dropped.
+        events: queue.Queue = queue.Queue(maxsize=EVENT_QUEUE_SIZE)
         outcome: dict = {}
+
+        def put(item) -> None:
+            # Wait for room, but give up once the consumer is gone (it sets ``closed``).
+            while not closed.is_set():
+                try:
+                    events.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
 
         def work() -> None:
             try:
-                outcome["result"] = self.engine.run(self.loaded, prepared, request, events.put, stop)
+                outcome["result"] = self.engine.run(self.loaded, prepared, job, put, stop)
             except BaseException as exc:  # re-raised in the consumer below
                 outcome["error"] = exc
             finally:
-                events.put(_END)
+                self._lock.release()
+                put(_END)
 
         worker = threading.Thread(target=work, name="omni-generate", daemon=True)
-        worker.start()
+        try:
+            worker.start()
+        except BaseException:
+            self._lock.release()
+            raise
         first_text = first_audio = None
         audio_samples = 0
         cancelled = False
@@ -219,15 +220,25 @@ class ModelService:
                     audio_samples += len(event.samples)
                 yield event
         finally:
-            # Reached on normal end, on an error, and when the consumer closes the stream.
+            # Reached on normal end, on an error, and when the consumer closes the stream:
+            # the engine sees ``closed`` within one step and the lock is released after it.
             closed.set()
-            worker.join()
+            worker.join(timeout=WORKER_JOIN_SECONDS)
+            if worker.is_alive():
+                log.warning("the generation worker is still finishing a step after %s s; it frees the model "
+                            "when it returns", WORKER_JOIN_SECONDS)
         if "error" in outcome:
             raise outcome["error"]
         result: EngineResult = outcome["result"]
         reason = "cancelled" if cancelled else result.reason
-        yield Done(reason, _stats(started, first_text, first_audio, result.text_tokens, result.codec_codes,
-                                  audio_samples / OUTPUT_SAMPLE_RATE, self.engine.name, request, result.extra))
+        yield Done(reason, _stats(started, first_text, first_audio, result, audio_samples / OUTPUT_SAMPLE_RATE,
+                                  self.engine.name, job, queued), result.trace)
+
+
+#: Events waiting between the engine and a slow consumer (a few seconds of speech).
+EVENT_QUEUE_SIZE = 256
+#: How long a closed stream waits for its worker to notice (one engine step, normally).
+WORKER_JOIN_SECONDS = 10.0
 
 
 def make_engine(config: ServiceConfig) -> Engine:
@@ -241,16 +252,12 @@ def make_engine(config: ServiceConfig) -> Engine:
     return StreamingEngine(config.chunk_blocks)
 
 
-def _stats(started, first_text, first_audio, tokens, codes, audio_seconds, engine, request, extra=None) -> Stats:
-    merged = dict(extra or {})
-    merged["seed"] = float(request.seed) if request.seed is not None else -1.0
+def _stats(started, first_text, first_audio, result: EngineResult, audio_seconds: float, engine: str,
+           job: Job, queued: float) -> Stats:
+    extra = dict(result.extra)
+    extra["seed"] = float(job.seed)
     return Stats(
         time_to_first_text=first_text, time_to_first_audio=first_audio,
-        total_time=time.perf_counter() - started, text_tokens=tokens, codec_codes=codes,
-        audio_seconds=audio_seconds, engine=engine, extra=merged,
+        total_time=time.perf_counter() - started, text_tokens=result.text_tokens, codec_codes=result.codec_codes,
+        audio_seconds=audio_seconds, engine=engine, queue_time=queued, extra=extra,
     )
-
-
-def to_int16(wave: np.ndarray) -> np.ndarray:
-    """Float waveform in [-1, 1] to int16 PCM (clipped, rounded)."""
-    return np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-TALKER_STOP_CODES = (8292, 8294)
+from .common import TALKER_STOP_CODES
 
 
 def thinker_rope_index(thinker, inputs: dict, use_audio_in_video: bool) -> torch.Tensor:

@@ -20,13 +20,12 @@ import torch
 
 from ..config import ServiceConfig
 from ..conversation import Conversation, PreparedInputs, build_inputs
-from ..events import AudioChunk, Event, TextDelta
+from ..events import AudioChunk, Event, TextDelta, Trace
 from ..voices import split_sentences
 from .code2wav import StreamingCode2Wav, WindowDecoder
+from .common import TALKER_STOP_CODES, Cancel, EngineResult, Job, reason_for, to_device, to_int16
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
-from .reference import reason_for, to_device
-from .service import Cancel, EngineResult, Request, to_int16
-from .stepper import TALKER_STOP_CODES, TalkerStepper, ThinkerStepper
+from .stepper import TalkerStepper, ThinkerStepper
 from .text import IncrementalDecoder
 
 #: The user turn in exact-text mode; the reply is then forced to be the text itself.
@@ -43,17 +42,15 @@ class StreamingEngine:
         self.chunk_blocks = tuple(chunk_blocks)
 
     @torch.no_grad()
-    def run(self, loaded: LoadedModel, prepared: PreparedInputs | None, request: Request,
+    def run(self, loaded: LoadedModel, prepared: PreparedInputs | None, job: Job,
             emit: Callable[[Event], None], cancel: Cancel) -> EngineResult:
         run = _Run()
         device = loaded.device
         # One random stream for the Talker's sampling, one for the decoder's noise.
-        randomness = (_generator(request.seed, device), _generator(request.seed, "cpu"))
-        trace = request.trace
-        if trace is not None:
-            trace.reply_ids, trace.codes, trace.chunks = [], [], []
+        randomness = (_generator(job.seed, device), _generator(job.seed, "cpu"))
+        request = job.request
         if request.speak_text is None:
-            reason = self._utterance(loaded, prepared, request, emit, cancel, run, randomness, None)
+            reason = self._utterance(loaded, prepared, job, emit, cancel, run, randomness, None)
         else:
             # Exact-text speech: each sentence is the Thinker's reply, teacher-forced, so the
             # Talker gets exactly these words; sentences follow each other without a gap.
@@ -64,19 +61,17 @@ class StreamingEngine:
                     break
                 segment_inputs = build_inputs(Conversation().add_user(READ_ALOUD + segment), loaded.processor)
                 forced = tokenizer(segment, add_special_tokens=False).input_ids + [_eos_ids(loaded.model)[0]]
-                reason = self._utterance(loaded, segment_inputs, request, emit, cancel, run, randomness, forced)
-        if trace is not None:
-            trace.timeline = run.timeline
-        return EngineResult(reason, run.tokens, run.codes, run.stats())
+                reason = self._utterance(loaded, segment_inputs, job, emit, cancel, run, randomness, forced)
+        return EngineResult(reason, run.tokens, run.codes, run.stats(), run.trace())
 
-    def _utterance(self, loaded, prepared, request, emit, cancel, run, randomness, forced) -> str:
+    def _utterance(self, loaded, prepared, job: Job, emit, cancel, run: "_Run", randomness, forced) -> str:
         """One reply (or one forced sentence) through Thinker, Talker and code2wav."""
         model = loaded.model
         inputs = to_device(prepared.tensors, loaded)
-        limits = request.limits
+        limits = job.limits
         max_tokens = len(forced) if forced is not None else limits.max_new_tokens
         eos_ids = set(_eos_ids(model))
-        voice = request.voice
+        voice = job.voice
         decoder = IncrementalDecoder(loaded.processor.tokenizer)
         thinker = ThinkerStepper(model.thinker, inputs, prepared.use_audio_in_video, want_vectors=voice is not None,
                                  forced=forced)
@@ -102,7 +97,7 @@ class StreamingEngine:
         if voice is not None:
             speaker = voice.as_speaker()
             talker = TalkerStepper(model.talker, model.thinker.get_input_embeddings(), inputs,
-                                   prepared.use_audio_in_video, voice.bos_token, request.speech_sampling,
+                                   prepared.use_audio_in_video, voice.bos_token, job.request.speech_sampling,
                                    randomness[0], model.token2wav.code2wav_dit_model.config.num_embeds)
             noise = torch.randn((1, 2 * limits.max_codec_codes, 80), generator=randomness[1])
             audio = StreamingCode2Wav(WindowDecoder(model.token2wav, speaker["cond"], speaker["ref_mel"]), noise,
@@ -135,11 +130,10 @@ class StreamingEngine:
         if tail:
             emit(TextDelta(tail))
         codes = list(audio.codes) if audio is not None else []
-        if request.trace is not None:
-            request.trace.prompt_ids = inputs["input_ids"][0].tolist()
-            request.trace.reply_ids += thinker.tokens
-            request.trace.codes += codes
-            request.trace.chunks += list(audio.plans) if audio is not None else []
+        run.prompt_ids = inputs["input_ids"][0].tolist()
+        run.reply_ids += thinker.tokens
+        run.all_codes += codes
+        run.chunks += list(audio.plans) if audio is not None else []
         reason = reason_for(thinker.tokens, list(eos_ids), max_tokens)
         if reason == "finished" and len(codes) >= limits.max_codec_codes:
             reason = "length"
@@ -175,6 +169,15 @@ class _Run:
         self.seconds = {"thinker": 0.0, "talker": 0.0, "code2wav": 0.0}
         self.timeline: list[tuple[float, str, int]] = []
         self.counts = {"token": 0, "code": 0, "chunk": 0}
+        # What the reply was made of (every sentence of an exact-text request appended).
+        self.prompt_ids: list[int] = []
+        self.reply_ids: list[int] = []
+        self.all_codes: list[int] = []
+        self.chunks: list = []
+
+    def trace(self) -> Trace:
+        return Trace(prompt_ids=tuple(self.prompt_ids), reply_ids=tuple(self.reply_ids), codes=tuple(self.all_codes),
+                     chunks=tuple(self.chunks), timeline=tuple(self.timeline))
 
     def timed(self, stage: str, fn, *args):
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import image_qa, inside_tab, video_chat, voice_chat, voice_clone
-from .reply import Backend
+from .context import AppContext
 
 #: All model work shares one queue: one GPU never runs two generations at once.
 GPU_QUEUE = "model"
@@ -16,37 +16,39 @@ CSS = """
 """
 
 
-def banner_text(backend: Backend) -> str:
-    if backend.is_tiny:
+def banner_text(app: AppContext) -> str:
+    info = app.info
+    if info.is_tiny:
         return ("⚠️ **Tiny test model loaded** — its weights are random, so its replies are noise. "
                 "Everything else is real: use it to try the app. Start with `--model Qwen/Qwen2.5-Omni-7B` "
-                f"(or `-3B`) on a GPU for real answers. · {backend.description}")
-    return f"Model: {backend.description}"
+                f"(or `-3B`) on a GPU for real answers. · {info.description}")
+    return f"Model: {info.description}"
 
 
-def build_app(backend: Backend) -> gr.Blocks:
+def build_app(app: AppContext) -> gr.Blocks:
     """Compose the tabs. Launch with ``.queue().launch()`` (see app.py)."""
     with gr.Blocks(title="omni_app · Qwen2.5-Omni") as demo:
         gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
                     "speech while it is still being generated.")
-        gr.Markdown(banner_text(backend), elem_id="banner")
+        gr.Markdown(banner_text(app), elem_id="banner")
         stores, pickers = [], []
         with gr.Tabs():
             for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
                                           ("image", "Image Q&A", image_qa)):
                 with gr.Tab(title, id=tab_id):
-                    store, picker = module.build(backend, GPU_QUEUE)
+                    store, picker = module.build(app, GPU_QUEUE)
                     stores.append(store)
                     pickers.append(picker)
             with gr.Tab("Voice cloning TTS", id="tts"):
-                voice_clone.build(backend, GPU_QUEUE, pickers)
+                voice_clone.build(app, GPU_QUEUE, pickers)
             with gr.Tab("Inside the model", id="inside"):
-                inside_tab.build(backend, GPU_QUEUE)
+                inside_tab.build(app, GPU_QUEUE)
 
         def forget(request: gr.Request):
             for store in stores:
-                store.drop(request)
-            backend.drop_session(request)
+                for key in store.drop(request):
+                    app.backend.end_session(key)
+            app.drop_session(request)
 
         demo.unload(forget)
     return demo

@@ -7,9 +7,11 @@ from pathlib import Path
 import gradio as gr
 
 from ..conversation import AudioPart, Conversation, ImagePart
-from ..errors import OmniError
+from ..errors import RequestError
 from ..media import audio_from_array, load_image
-from .reply import Backend, run_reply
+from .context import AppContext
+from .errors import shown
+from .reply import run_reply
 from .session import SessionStore
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -20,9 +22,10 @@ EXAMPLES = [
 ]
 
 
-def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
+def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
-    sessions = SessionStore()
+    sessions = SessionStore("image")
+    voices = app.backend.voices()
     with gr.Row():
         with gr.Column(scale=2):
             image = gr.Image(sources=["upload", "clipboard", "webcam"], type="pil", label="Image",
@@ -30,7 +33,7 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
             question = gr.Textbox(label="Question", placeholder="Ask about the image", elem_id="image-question")
             spoken = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Or ask by voice")
             with gr.Row():
-                voice = gr.Dropdown(backend.voices, value=backend.voices[0], label="Voice")
+                voice = gr.Dropdown(voices, value=voices[0], label="Voice")
                 speak = gr.Checkbox(True, label="Speak the answer")
             ask = gr.Button("Ask", variant="primary", elem_id="image-ask")
             examples = [[str(ASSETS / name), q] for name, q in EXAMPLES if (ASSETS / name).is_file()]
@@ -43,27 +46,26 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
                                    elem_id="image-reply")
             clear = gr.Button("New image / clear")
 
+    @shown
     def answer(picture, text, recorded, voice_name, speak_on, request: gr.Request):
         if picture is None:
-            raise gr.Error("Add an image first: upload, paste or take one with the webcam.")
+            raise RequestError("Add an image first: upload, paste or take one with the webcam.")
         has_text = bool(text and text.strip())
         if not has_text and recorded is None:
-            raise gr.Error("Ask a question: type it or record it.")
-        try:
-            parts = [ImagePart(load_image(picture, backend.media))]
-            if recorded is not None:
-                parts.append(AudioPart(audio_from_array(recorded[1], recorded[0], backend.media)))
-        except OmniError as exc:
-            raise gr.Error(str(exc)) from exc
+            raise RequestError("Ask a question: type it or record it.")
+        parts = [ImagePart(load_image(picture, app.media))]
+        if recorded is not None:
+            parts.append(AudioPart(audio_from_array(recorded[1], recorded[0], app.media)))
         if has_text:
             parts.append(text.strip())
         session = sessions.get(request)
         # Each question is about the image shown now: the conversation restarts with it.
         session.conversation = Conversation()
         shown = ("(image) " + text.strip()) if has_text else "(image, spoken question)"
-        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(backend, session, parts, shown, chosen, request)
+        chosen = app.resolve_voice(voice_name, request) if speak_on else None
+        yield from run_reply(app, session, parts, shown, chosen, request)
 
+    @shown
     def image_on_clear(request: gr.Request):
         sessions.get(request).clear()
         return [], None, "", None, "", None

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import gradio as gr
 
-from .. import inside
 from .. import inside_plots as plots
-from ..conversation import AudioPart, Conversation, ImagePart, VideoPart, build_inputs
-from ..engine.service import Trace
-from ..errors import OmniError
+from ..api import Request
+from ..conversation import AudioPart, Conversation, ImagePart, VideoPart
+from ..errors import RequestError
 from ..events import Done
 from ..media import audio_from_array, load_image, load_video
-from .reply import Backend, LastReply
-from .session import session_key
+from .context import AppContext, LastReply
+from .errors import shown
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +38,19 @@ EXPLAIN = {
 }
 
 
-def build(backend: Backend, gpu_queue: str) -> None:
+#: Said instead of the pictures when the model runs elsewhere.
+REMOTE_NOTE = ("**This app talks to a model on a server**, and these pictures are computed from the model's own "
+               "weights, code and config, which are not in this process. Start the app with the model in-process "
+               "(`python app.py --model ...`, no `--backend`) to look inside it.")
+
+
+def build(app: AppContext, gpu_queue: str) -> None:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+    backend = app.backend
     gr.Markdown("Run a turn in any tab, then press **Explain my last turn** — or give an input here. "
                 "Every picture comes from the loaded model's own code and config.")
+    if not backend.info.can_inspect:
+        gr.Markdown(REMOTE_NOTE, elem_id="inside-remote")
     with gr.Row():
         last = gr.Button("Explain my last turn", variant="primary", elem_id="inside-last")
         with gr.Accordion("Or a new input", open=False):
@@ -61,34 +68,33 @@ def build(backend: Backend, gpu_queue: str) -> None:
             gr.Markdown(EXPLAIN[key])
     outputs = [summary, *images.values()]
 
+    @shown
     def explain_last(request: gr.Request):
-        reply = backend.last.get(session_key(request))
+        reply = app.last(request)
         if reply is None:
-            raise gr.Error("No turn yet in this session: talk, type or ask in another tab first.")
-        return _safely(_explain, backend, reply)
+            raise RequestError("No turn yet in this session: talk, type or ask in another tab first.")
+        return _explain(app, reply)
 
+    @shown
     def explain_new(words, sound, picture, clip, request: gr.Request):
         parts = []
-        try:
-            if clip:
-                parts.append(VideoPart(load_video(clip, backend.media)))
-            if picture is not None:
-                parts.append(ImagePart(load_image(picture, backend.media)))
-            if sound is not None:
-                parts.append(AudioPart(audio_from_array(sound[1], sound[0], backend.media)))
-            conversation = Conversation().add_user(*parts, words or "")
-            trace, done = Trace(), None
-            voice = backend.service.stock_voices[0]
-            for event in backend.stream(conversation, voice, threading.Event(), trace):
-                if isinstance(event, Done):
-                    done = event
-        except OmniError as exc:
-            raise gr.Error(str(exc)) from exc
+        if clip:
+            parts.append(VideoPart(load_video(clip, app.media)))
+        if picture is not None:
+            parts.append(ImagePart(load_image(picture, app.media)))
+        if sound is not None:
+            parts.append(AudioPart(audio_from_array(sound[1], sound[0], app.media)))
+        conversation = Conversation().add_user(*parts, words or "")
+        done = None
+        voice = backend.stock_voices()[0]
+        for event in backend.stream(Request(conversation, voice=voice, limits=app.limits)):
+            if isinstance(event, Done):
+                done = event
         if done is None:
-            raise gr.Error("The model gave no reply to explain.")
-        reply = LastReply(conversation, trace, done)
-        backend.remember(request, reply)
-        return _safely(_explain, backend, reply)
+            raise RequestError("The model gave no reply to explain.")
+        reply = LastReply(conversation, done)
+        app.remember(request, reply)
+        return _explain(app, reply)
 
     last.click(explain_last, outputs=outputs, concurrency_limit=1, concurrency_id=gpu_queue,
                api_name="inside_last")
@@ -96,51 +102,20 @@ def build(backend: Backend, gpu_queue: str) -> None:
               concurrency_id=gpu_queue, api_name="inside_new")
 
 
-def _safely(fn, *args):
-    try:
-        return fn(*args)
-    except OmniError as exc:
-        raise gr.Error(str(exc)) from exc
-    except Exception as exc:
-        log.exception("drawing failed")
-        raise gr.Error(f"The pictures could not be drawn: {type(exc).__name__}: {exc}") from exc
-
-
-def _explain(backend: Backend, reply: LastReply) -> list:
-    loaded = backend.service.loaded
-    prepared = build_inputs(reply.conversation, loaded.processor)
-    tokens = inside.token_map(loaded, prepared)
-    positions, per_second = inside.rope_positions(loaded, prepared)
-    out = {"tokens": plots.draw_token_map(tokens), "rope": plots.draw_rope(positions, per_second, tokens.kinds)}
-    audio = inside.audio_view(loaded, prepared)
-    out["audio"] = plots.draw_audio(audio) if audio is not None else None
-    picture = _first_picture(reply.conversation)
-    out["vision"] = plots.draw_vision(inside.vision_view(loaded, prepared, *picture)) if picture else None
-    trace, stats = reply.trace, reply.done.stats
-    if trace.codes and trace.chunks:
-        attention = inside.dit_attention(loaded, len(trace.codes))
-        out["dit"] = plots.draw_dit(attention, inside.chunk_audio(trace.chunks), trace.chunks)
-    else:
-        out["dit"] = None
-    out["timeline"] = plots.draw_timeline(inside.timeline(trace.timeline, trace.chunks), stats.audio_seconds) \
-        if trace.timeline else None
+def _explain(app: AppContext, reply: LastReply) -> list:
+    seen = app.backend.inspect(reply.conversation, reply.done.trace)
+    stats = reply.done.stats
+    tokens = seen.tokens
+    out = {"tokens": plots.draw_token_map(tokens), "rope": plots.draw_rope(seen.positions, seen.per_second,
+                                                                           tokens.kinds)}
+    out["audio"] = plots.draw_audio(seen.audio) if seen.audio is not None else None
+    out["vision"] = plots.draw_vision(seen.vision) if seen.vision is not None else None
+    out["dit"] = plots.draw_dit(seen.attention, seen.chunk_spans, seen.chunks) if seen.attention else None
+    out["timeline"] = plots.draw_timeline(seen.timeline, stats.audio_seconds) if seen.timeline else None
     summary = (f"**This turn:** {len(tokens.kinds)} prompt tokens ("
                + ", ".join(f"{k} {n}" for k, n in tokens.counts.items() if n)
                + f") · reply {stats.text_tokens} tokens, {stats.codec_codes} speech codes, "
-               f"{stats.audio_seconds:.1f} s of speech · {len(trace.chunks)} audio chunks")
-    if not trace.timeline:
+               f"{stats.audio_seconds:.1f} s of speech · {len(seen.chunks)} audio chunks")
+    if seen.timeline is None:
         summary += " · (the reference engine records no timeline: use the streaming engine)"
     return [summary, *out.values()]
-
-
-def _first_picture(conversation: Conversation):
-    import numpy as np
-
-    # The first picture: its grid is the first one the processor reports.
-    for turn in conversation.turns:
-        for part in turn.parts:
-            if isinstance(part, ImagePart):
-                return np.asarray(part.image), "image"
-            if isinstance(part, VideoPart):
-                return part.clip.frames[0], "video"
-    return None

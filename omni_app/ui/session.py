@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..api import CancelToken
 from ..conversation import Conversation
 
 
@@ -16,11 +17,13 @@ from ..conversation import Conversation
 class ChatSession:
     """One browser session of one tab: its history, its running reply, its microphone."""
 
+    #: Which tab and browser session this is (a backend may keep state under it).
+    key: str = ""
     conversation: Conversation = field(default_factory=Conversation)
     #: What the chat view shows (gradio "messages" format).
     messages: list[dict] = field(default_factory=list)
     #: Set to stop the reply that is being generated.
-    cancel: threading.Event | None = None
+    cancel: CancelToken | None = None
     detector: object | None = None  # omni_app.vad.TurnDetector, created on first audio
     #: Utterances waiting to be answered (oldest first): (16 kHz audio, monotonic end time).
     turns: deque = field(default_factory=deque)
@@ -33,7 +36,7 @@ class ChatSession:
         """Stop the reply being generated, if any."""
         cancel = self.cancel  # read once: the reply may clear it at any moment
         if cancel is not None:
-            cancel.set()
+            cancel.cancel()
 
     def stop(self) -> None:
         """The user's Stop: end the reply and drop spoken turns still waiting for one."""
@@ -67,7 +70,9 @@ class SessionStore:
     dropped too.
     """
 
-    def __init__(self, limit: int = 500) -> None:
+    def __init__(self, name: str, limit: int = 500) -> None:
+        #: The tab's name: sessions of different tabs are different conversations.
+        self.name = name
         self._sessions: OrderedDict[str, ChatSession] = OrderedDict()
         self._lock = threading.Lock()
         self.limit = limit
@@ -76,19 +81,22 @@ class SessionStore:
         key = session_key(request)
         with self._lock:
             if key not in self._sessions:
-                self._sessions[key] = ChatSession()
+                self._sessions[key] = ChatSession(key=f"{self.name}:{key}")
                 while len(self._sessions) > self.limit:
                     _, oldest = self._sessions.popitem(last=False)
                     oldest.cancel_reply()
             self._sessions.move_to_end(key)
             return self._sessions[key]
 
-    def drop(self, request) -> None:
+    def drop(self, request) -> list[str]:
+        """Forget a browser session; returns the keys of what was dropped."""
         key = session_key(request)
         with self._lock:
             session = self._sessions.pop(key, None)
-        if session is not None:
-            session.stop()
+        if session is None:
+            return []
+        session.stop()
+        return [session.key]
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import gradio as gr
 
 from ..conversation import AudioPart
-from ..errors import OmniError
+from ..errors import RequestError
 from ..media import audio_from_array
+from .context import AppContext
+from .errors import shown
 from .mic import PAUSE_AUDIO_JS, feed_microphone, take_turn
-from .reply import Backend, run_reply
+from .reply import run_reply
 from .session import SessionStore
 from .widgets import live_microphone, reply_controls, reply_view
 
 
-def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
+def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
-    sessions = SessionStore()
+    sessions = SessionStore("voice")
     with gr.Row():
         with gr.Column(scale=3):
             chat, status, reply_audio = reply_view("voice")
@@ -25,40 +27,43 @@ def build(backend: Backend, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
                 recording = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Record, then send")
                 send_recording = gr.Button("Send recording")
             text = gr.Textbox(label="Or type", placeholder="Type a message and press Enter", elem_id="voice-text")
-            voice, speak, stop, clear = reply_controls(backend.voices)
+            voice, speak, stop, clear = reply_controls(app.backend.voices())
 
+    @shown
     def on_mic(chunk, request: gr.Request):
         return feed_microphone(sessions.get(request), chunk)
 
+    @shown
     def reply_to_turn(voice_name, speak_on, request: gr.Request):
         session = sessions.get(request)
         audio, _ = take_turn(session)
         if audio is None:
             return
         seconds = len(audio) / 16000
-        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(backend, session, [AudioPart(audio)], f"(spoken, {seconds:.1f} s)", chosen, request)
+        chosen = app.resolve_voice(voice_name, request) if speak_on else None
+        yield from run_reply(app, session, [AudioPart(audio)], f"(spoken, {seconds:.1f} s)", chosen, request)
 
+    @shown
     def reply_to_text(message, voice_name, speak_on, request: gr.Request):
         if not message or not message.strip():
-            raise gr.Error("Type a message first.")
-        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(backend, sessions.get(request), [message], message, chosen, request)
+            raise RequestError("Type a message first.")
+        chosen = app.resolve_voice(voice_name, request) if speak_on else None
+        yield from run_reply(app, sessions.get(request), [message], message, chosen, request)
 
+    @shown
     def reply_to_recording(recorded, voice_name, speak_on, request: gr.Request):
         if recorded is None:
-            raise gr.Error("Record something first (or upload an audio file).")
-        try:
-            audio = audio_from_array(recorded[1], recorded[0], backend.media)
-        except OmniError as exc:
-            raise gr.Error(str(exc)) from exc
-        chosen = backend.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(backend, sessions.get(request), [AudioPart(audio)],
+            raise RequestError("Record something first (or upload an audio file).")
+        audio = audio_from_array(recorded[1], recorded[0], app.media)
+        chosen = app.resolve_voice(voice_name, request) if speak_on else None
+        yield from run_reply(app, sessions.get(request), [AudioPart(audio)],
                              f"(spoken, {len(audio) / 16000:.1f} s)", chosen, request)
 
+    @shown
     def on_stop(request: gr.Request):
         sessions.get(request).stop()
 
+    @shown
     def on_clear(request: gr.Request):
         sessions.get(request).clear()
         return [], None, ""

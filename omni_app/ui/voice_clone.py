@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 
 import gradio as gr
 import numpy as np
 
-from ..errors import OmniError
+from ..api import CancelToken, Request
+from ..errors import RequestError
 from ..events import AudioChunk, Done
 from ..media import audio_from_array
-from ..voices import save_voice, voice_from_reference
-from .reply import Backend, format_status
+from .context import AppContext
+from .errors import shown
+from .reply import format_status
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,17 @@ Use recordings of people who agreed to it.
 """
 
 
-def build(backend: Backend, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]) -> gr.Dropdown:
+def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]) -> gr.Dropdown:
     """Lay out the tab; a created voice also appears in ``chat_voice_pickers``."""
-    stock = backend.service.stock_voices
+    backend = app.backend
+    stock = backend.stock_voices()
+    can_create = backend.info.can_create_voices
     gr.Markdown(HONEST_NOTE)
     with gr.Row():
         with gr.Column(scale=3):
             text = gr.Textbox(label="Text to speak", lines=5, elem_id="tts-text",
                               placeholder="The exact words to read aloud; long texts are read sentence by sentence")
-            voice = gr.Dropdown(backend.voices, value=stock[0], label="Voice", elem_id="tts-voice")
+            voice = gr.Dropdown(backend.voices(), value=stock[0], label="Voice", elem_id="tts-voice")
             with gr.Row():
                 speak = gr.Button("Speak", variant="primary", elem_id="tts-speak")
                 compare = gr.Button("Compare with stock voice", elem_id="tts-compare")
@@ -46,72 +49,63 @@ def build(backend: Backend, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown
             download = gr.File(label="Download WAV", interactive=False, elem_id="tts-download")
         with gr.Column(scale=2):
             gr.Markdown("### Make a voice from a recording (3-30 s of one person speaking)")
+            if not can_create:
+                gr.Markdown("*The model server behind this app can't make new voices; the stock voices work.*")
             reference = gr.Audio(sources=["upload", "microphone"], type="numpy", label="Reference recording",
                                  elem_id="tts-reference")
             base = gr.Dropdown(stock, value=stock[0], label="Base voice (speaking style)")
             name = gr.Textbox(label="Name of the new voice", value="My voice", elem_id="tts-name")
-            save = gr.Checkbox(False, label="Save it in the voices folder", visible=backend.voices_dir is not None)
-            create = gr.Button("Create voice", elem_id="tts-create")
-    cancels: dict[str, threading.Event] = {}
+            save = gr.Checkbox(False, label="Save it in the voices folder", visible=backend.info.can_save_voices)
+            create = gr.Button("Create voice", elem_id="tts-create", interactive=can_create)
+    cancels: dict[str, CancelToken] = {}
 
+    @shown
     def create_voice(recorded, base_name, voice_name, keep, request: gr.Request):
         if recorded is None:
-            raise gr.Error("Upload or record a reference first (3-30 s of speech).")
-        try:
-            audio = audio_from_array(recorded[1], recorded[0], backend.media, name="The reference recording")
-            made = voice_from_reference(voice_name.strip(), audio, backend.service.voice(base_name), backend.media)
-            backend.add_session_voice(made, request)
-            note = f"Voice **{made.name}** is ready (based on {made.base})."
-            if keep and backend.voices_dir is not None:
-                note += f" Saved to `{save_voice(made, backend.voices_dir)}`."
-        except OmniError as exc:
-            raise gr.Error(str(exc)) from exc
-        except OSError as exc:
-            raise gr.Error(f"The voice was made but could not be saved: {exc}") from exc
-        choices = backend.voices_for(request)
-        return [gr.update(choices=choices, value=made.name), note] + [gr.update(choices=choices)
-                                                                      for _ in chat_voice_pickers]
+            raise RequestError("Upload or record a reference first (3-30 s of speech).")
+        audio = audio_from_array(recorded[1], recorded[0], app.media, name="The reference recording")
+        name = (voice_name or "").strip()
+        voice_id = backend.create_voice(name, audio, base_name, save=bool(keep))
+        app.add_session_voice(name, voice_id, base_name, request)
+        note = f"Voice **{name}** is ready (based on {base_name})."
+        if keep:
+            note += " It is saved in the voices folder."
+        choices = app.voices_for(request)
+        return [gr.update(choices=choices, value=name), note] + [gr.update(choices=choices)
+                                                                 for _ in chat_voice_pickers]
 
+    @shown
     def read(words, voice_name, request: gr.Request):
-        yield from _speak(words, backend.resolve_voice(voice_name, request), request)
+        yield from _speak(words, app.resolve_voice(voice_name, request), request)
 
+    @shown
     def read_with_stock(words, voice_name, request: gr.Request):
-        chosen = backend.resolve_voice(voice_name, request)
-        if isinstance(chosen, str):
-            try:
-                chosen = backend.service.voice(chosen)
-            except OmniError as exc:
-                raise gr.Error(str(exc)) from exc
-        base_name = chosen.base if chosen.base in stock else (chosen.name if chosen.name in stock else stock[0])
-        yield from _speak(words, base_name, request)
+        yield from _speak(words, app.base_voice(voice_name, request), request)
 
-    def _speak(words, chosen, request):
+    def _speak(words, voice_id, request):
         if not words or not words.strip():
-            raise gr.Error("Type the text to speak first.")
-        cancel = threading.Event()
-        cancels[request.session_hash or ""] = cancel
+            raise RequestError("Type the text to speak first.")
+        cancel = CancelToken()
+        key = request.session_hash or ""
+        cancels[key] = cancel
         pieces = []
         yield gr.skip(), "Speaking…", None
         try:
-            for event in backend.speak(words, chosen, cancel):
+            for event in backend.stream(Request(voice=voice_id, limits=app.limits, speak_text=words), cancel):
                 if isinstance(event, AudioChunk):
                     pieces.append(event.samples)
                     yield (event.sample_rate, event.samples), gr.skip(), gr.skip()
                 elif isinstance(event, Done):
                     yield gr.skip(), format_status(event), _write_wav(pieces)
-        except OmniError as exc:
-            raise gr.Error(str(exc)) from exc
-        except Exception as exc:
-            log.exception("speech failed")
-            raise gr.Error(f"The speech failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            if cancels.get(request.session_hash or "") is cancel:
-                cancels.pop(request.session_hash or "", None)
+            if cancels.get(key) is cancel:
+                cancels.pop(key, None)
 
+    @shown
     def tts_on_stop(request: gr.Request):
-        event = cancels.get(request.session_hash or "")
-        if event is not None:
-            event.set()
+        cancel = cancels.get(request.session_hash or "")
+        if cancel is not None:
+            cancel.cancel()
 
     outputs = [spoken, status, download]
     create.click(create_voice, inputs=[reference, base, name, save], outputs=[voice, status, *chat_voice_pickers],

@@ -1,0 +1,127 @@
+"""The one seam between the app and a model: what to ask, how to stop, what comes back.
+
+The web app and the command line talk to a :class:`Backend` and nothing else. The model
+in this process (:class:`omni_app.engine.local.LocalBackend`), a remote OpenAI-compatible
+server (:class:`omni_app.serve.remote.RemoteBackend`) and a Ray Serve deployment behind
+one URL all sit behind it. Everything that crosses the seam is plain data: a
+:class:`Request` in; :mod:`omni_app.events` out; voices and inspections as numpy arrays
+and lists, never model objects. Importing this module imports neither torch nor gradio.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from .config import GenerationLimits
+from .conversation import Conversation
+from .events import Event, Trace
+
+if TYPE_CHECKING:
+    from .inside import Inspection
+
+
+@dataclass(frozen=True)
+class Request:
+    """One reply to generate."""
+
+    conversation: Conversation = field(default_factory=Conversation)
+    #: A voice name or id from :meth:`Backend.voices` / :meth:`Backend.create_voice`;
+    #: ``None`` for a text-only reply.
+    voice: str | None = "Chelsie"
+    limits: GenerationLimits = GenerationLimits()
+    #: Fixes the sampling of the speech; ``None`` picks a random seed (reported in stats).
+    seed: int | None = None
+    #: Sample speech codes as the model card recommends (top-k 40, top-p 0.8, T 0.9);
+    #: ``False`` decodes them greedily (repeatable without a seed; used for comparisons).
+    speech_sampling: bool = True
+    #: Exact-text speech: speak these words (the conversation is not used).
+    speak_text: str | None = None
+    #: The conversation this request continues (a browser session, an API user). A backend
+    #: may keep per-session state under it; ``None`` keeps nothing.
+    session: str | None = None
+
+
+class CancelToken:
+    """Set by whoever wants a stream to stop (Stop, barge-in, a closed connection).
+
+    A backend checks it between steps and ends its stream with ``Done("cancelled")``
+    within one audio chunk.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the app shows about the model behind a backend and what it can do."""
+
+    #: The model's name, e.g. ``Qwen/Qwen2.5-Omni-7B`` or ``tiny``.
+    model: str
+    #: One line for the page's banner: model, device, engine or server.
+    description: str
+    #: The tiny random test model: its replies are noise (the app says so).
+    is_tiny: bool = False
+    #: Whether :meth:`Backend.inspect` works (it needs the model's weights in this process).
+    can_inspect: bool = False
+    #: Whether exact-text speech works (:attr:`Request.speak_text`).
+    can_speak_text: bool = True
+    #: Whether :meth:`Backend.create_voice` works.
+    can_create_voices: bool = True
+    #: Whether a created voice can be saved to the backend's voices folder.
+    can_save_voices: bool = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the app needs from a model, wherever it runs."""
+
+    @property
+    def info(self) -> BackendInfo: ...
+
+    def voices(self) -> list[str]:
+        """Voice names the backend speaks with: the stock ones first (default first), then saved ones."""
+        ...
+
+    def stock_voices(self) -> list[str]:
+        """The model's own voices (a custom voice is built on one of them)."""
+        ...
+
+    def stream(self, request: Request, cancel: CancelToken | None = None) -> Iterator[Event]:
+        """The reply to ``request`` as events, ending with exactly one ``Done``.
+
+        Errors the user can act on raise :class:`~omni_app.errors.OmniError`; closing the
+        iterator or setting ``cancel`` stops the generation and frees the model.
+        """
+        ...
+
+    def create_voice(self, name: str, reference_16k, base: str, save: bool = False) -> str:
+        """Make a voice from a 16 kHz mono float32 recording on top of stock voice ``base``.
+
+        Returns the id a :class:`Request` names it by. With ``save`` it is also written to
+        the backend's voices folder and listed by :meth:`voices` from then on.
+        """
+        ...
+
+    def inspect(self, conversation: Conversation, trace: Trace | None) -> Inspection:
+        """How the model sees ``conversation`` (and, given its trace, how the reply was made).
+
+        Raises :class:`~omni_app.errors.Unsupported` where the weights are not at hand.
+        """
+        ...
+
+    def end_session(self, session: str) -> None:
+        """The conversation ``session`` is over: drop whatever the backend kept for it."""
+        ...
