@@ -85,4 +85,5 @@ def test_empty_messages_are_rejected():
         Conversation().add_user("   ")
     with pytest.raises(RequestError, match="user turn"):
         build_inputs(Conversation(), None)
-    assert isinstance(AudioPart(np.zeros(16000, np.float32)).seconds, float)
+    assert AudioPart(np.zeros(16000, np.float32)).seconds == 1.0
+    assert AudioPart(np.zeros(8000, np.float32)).seconds == 0.5

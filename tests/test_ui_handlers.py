@@ -112,20 +112,27 @@ def test_voice_turn_by_voice_activity(app, tmp_path):
     assert audio
 
 
-def test_speaking_during_a_reply_stops_it(app, tmp_path):
+def test_speaking_during_a_reply_stops_it(service, tmp_path):
+    # Long limits: without barge-in this reply would run for a minute of speech.
+    long = build_app(AppContext(LocalBackend(service), GenerationLimits(max_new_tokens=2000, max_speech_seconds=60),
+                                MediaLimits()))
+    handlers = {f.name: f.fn for f in long.fns.values() if f.fn is not None}
     chunks = speech_chunks(tmp_path, "Tell me a story please.")
     for chunk in chunks:
-        app["on_mic"](chunk, session("barge"))
-    reply = app["reply_to_turn"]("Chelsie", True, session("barge"))
-    next(reply)  # the reply has started
+        handlers["on_mic"](chunk, session("barge"))
+    reply = handlers["reply_to_turn"]("Chelsie", True, session("barge"))
+    assert any(isinstance(out[1], tuple) for out in reply), "the reply never spoke"  # stops at the first audio
     barged = None
     for chunk in chunks:
-        _, barge = app["on_mic"](chunk, session("barge"))
+        _, barge = handlers["on_mic"](chunk, session("barge"))
         if not isinstance(barge, dict):
             barged = barge
     assert barged is not None
     rest = list(reply)
-    assert "stopped" in [s for _, _, s in rest if isinstance(s, str)][-1]
+    status = [s for _, _, s in rest if isinstance(s, str)][-1]
+    assert "stopped" in status
+    seconds = float(status.split(" s of speech")[0].rsplit("· ", 1)[-1])
+    assert seconds < 30  # cut off well before the 60 s the reply was allowed
 
 
 def test_video_turn_uses_webcam_frames(app, tmp_path, media_dir):
