@@ -77,8 +77,8 @@ def test_media_round_trips_exactly(media_dir):
     assert lossy.frames.shape == clip.frames.shape and lossy.audio is not None
 
 
-def test_media_reaches_the_server_unchanged(remote, service, media_dir):
-    # The same prompt on both sides gives the same (greedy) reply: nothing was lost in transit.
+def test_media_reach_the_server_and_give_the_local_reply(remote, service, media_dir):
+    # Audio, image and video all reach the model: the same (greedy) reply as in this process.
     conversation = Conversation().add_user(
         AudioPart(load_audio(media_dir / "speech.wav")), ImagePart(load_image(media_dir / "photo.jpg")),
         VideoPart(load_video(media_dir / "talking.mp4")), "What do you see and hear?")

@@ -19,6 +19,7 @@ from omni_app.api import Request
 from omni_app.config import GenerationLimits
 from omni_app.conversation import Conversation
 from omni_app.engine.local import LocalBackend
+from omni_app.errors import MediaError
 from omni_app.events import AudioChunk, TextDelta
 
 
@@ -166,3 +167,52 @@ def test_models_lists_the_model_with_its_voices(client):
     (card,) = client.models.list().data
     assert card.id == "tiny" and card.model_extra["stock_voices"] == ["Chelsie", "Ethan"]
     assert card.model_extra["capabilities"]["speak_text"] is True
+
+
+class FailsAfterFirstEvent:
+    """A backend whose reply breaks once it has started (a device lost mid-reply, say)."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def stream(self, request, cancel=None):
+        events = self.backend.stream(request, cancel)
+        try:
+            yield next(events)
+            raise MediaError("The recording stopped making sense halfway.")
+        finally:
+            events.close()
+
+
+def test_an_error_after_the_stream_started_is_an_event_and_serving_goes_on(local):
+    from fastapi.testclient import TestClient
+
+    from omni_app.serve.server import make_app
+
+    app = make_app(FailsAfterFirstEvent(local))
+    with TestClient(app) as http:
+        body = {"messages": [{"role": "user", "content": "Hello"}], "stream": True, "max_tokens": 6}
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = [line for line in response.iter_lines() if line]
+        assert response.status_code == 200 and lines[-1] == "data: [DONE]"
+        assert json.loads(lines[-2].removeprefix("data: "))["error"]["message"] == (
+            "The recording stopped making sense halfway.")
+        assert http.get("/health").json()["requests"]["failed"] == 1
+        app.state.omni.backend = local  # the same server, now over a working backend
+        assert http.post("/v1/chat/completions", json={**body, "stream": False}).status_code == 200
+
+
+def test_a_body_over_the_limit_gets_413(local):
+    from fastapi.testclient import TestClient
+
+    from omni_app.serve.server import ServerSettings, make_app
+
+    with TestClient(make_app(local, ServerSettings(max_body_bytes=4096))) as http:
+        response = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]})
+        assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+        assert http.post("/v1/chat/completions", content=b"{oops").json()["error"]["message"].startswith(
+            "The request body is not valid JSON")
+        assert http.get("/v2/anything").status_code == 404

@@ -65,7 +65,8 @@ def user_parts(content, where: str, limits: MediaLimits) -> tuple[Part, ...]:
             if part["text"].strip():
                 parts.append(TextPart(part["text"]))
         elif kind == "input_audio":
-            parts.append(AudioPart(_decode("audio", _input_audio(part.get("input_audio"), here), here, limits)))
+            data = _input_audio(part.get("input_audio"), f"{here}.input_audio")
+            parts.append(AudioPart(_decode("audio", data, here, limits)))
         elif kind in URL_PARTS:
             media = URL_PARTS[kind]
             data = _data_url(_url_of(part.get(kind), f"{here}.{kind}"), f"{here}.{kind}.url")
