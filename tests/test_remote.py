@@ -19,7 +19,7 @@ from omni_app.config import GenerationLimits
 from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart
 from omni_app.engine.local import LocalBackend
 from omni_app.errors import BackendUnavailable, RequestError, Unsupported
-from omni_app.events import AudioChunk, Done, TextDelta
+from omni_app.events import AudioChunk, Done, Notice, TextDelta
 from omni_app.media import load_audio, load_image, load_video
 from omni_app.serve.encode import png, video_file
 from omni_app.serve.pcm import float_wav
@@ -101,6 +101,13 @@ def test_cancel_stops_the_remote_reply(remote):
         if isinstance(event, AudioChunk):
             cancel.cancel()
     assert events[-1].reason == "cancelled" and events[-1].stats.audio_seconds < 10
+
+
+def test_notices_come_through(remote):
+    conversation = Conversation(system_prompt="You are a pirate.").add_user("Ahoy")
+    events = list(remote.stream(Request(conversation, voice="Chelsie", limits=GenerationLimits(4, 0.5))))
+    (notice,) = [e for e in events if isinstance(e, Notice)]
+    assert "system prompt was changed" in notice.message and notice.level == "warning"
 
 
 def test_server_errors_reach_the_user(remote):
