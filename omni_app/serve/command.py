@@ -10,7 +10,17 @@ from types import SimpleNamespace
 
 from ..config import GenerationLimits, MediaLimits
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (then no key is needed)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run(args, open_backend) -> int:
@@ -30,7 +40,7 @@ def run(args, open_backend) -> int:
     if not args.no_warmup and hasattr(backend, "warmup"):
         print("omni_app: warming up ...", flush=True)
         backend.warmup()
-    if args.host not in LOOPBACK and not settings.api_key:
+    if not is_loopback(args.host) and not settings.api_key:
         print(f"omni_app: warning: listening on {args.host} without an API key: anyone who can reach this port can "
               "use the model. Set --api-key (or OMNI_APP_API_KEY).", file=sys.stderr, flush=True)
     host = f"[{args.host}]" if ":" in args.host else args.host

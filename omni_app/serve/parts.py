@@ -105,13 +105,12 @@ def _url_of(value, where: str) -> str:
 
 def _data_url(url: str, where: str) -> bytes:
     if not url.startswith("data:"):
-        scheme = url.split(":", 1)[0] if ":" in url else "a plain path"
+        what = f"{url.split(':', 1)[0]} URLs" if ":" in url else "paths"
         raise WireError(
             f"{where}: only data: URLs are accepted (the media itself, base64-encoded, e.g. "
-            f"data:image/png;base64,...). This server never fetches URLs; {scheme} was refused.",
-            where, "invalid_url")
+            f"data:image/png;base64,...); this server never fetches {what}.", where, "invalid_url")
     header, comma, payload = url[5:].partition(",")
-    if not comma or not header.split(";")[-1] == "base64":
+    if not comma or header.split(";")[-1] != "base64":
         raise WireError(f"{where}: the data: URL must be base64-encoded (data:<type>;base64,<data>).", where,
                         "invalid_url")
     return _base64(payload, where)

@@ -180,7 +180,10 @@ class RemoteBackend:
                         break
         except (httpx.HTTPError, httpx.StreamError) as exc:
             if cancel is None or not cancel.is_set():
-                raise self._unreachable(exc) from exc
+                if first_text is None and first_audio is None:
+                    raise self._unreachable(exc) from exc
+                raise BackendUnavailable(f"The model server at {self.url} stopped answering in the middle of the "
+                                         f"reply ({type(exc).__name__}: {exc}).") from exc
         finally:
             watch.stop()
         cancelled = cancel is not None and cancel.is_set()

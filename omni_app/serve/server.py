@@ -40,19 +40,21 @@ CLIENT_CLOSED = 499
 def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> FastAPI:
     """The HTTP API over ``backend``."""
     state = ServerState(backend, settings)
-    app = FastAPI(title="omni_app", version=__version__, description="An OpenAI-compatible API for Qwen2.5-Omni.")
+    # No generated docs: the API is OpenAI's (see the README), and every open route is one more to guard.
+    app = FastAPI(title="omni_app", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.omni = state
     install_error_handlers(app)
     api = APIRouter(prefix="/v1", dependencies=[Depends(state.check_key)])
 
     @app.get("/health")
     def health() -> dict:
-        info = backend.info
-        busy = getattr(backend, "busy", None)
+        info = state.backend.info
+        busy = getattr(state.backend, "busy", None)
         return {"status": "ok", "server": "omni_app", "version": __version__, "model": info.model,
                 "engine": info.engine, "description": info.description,
                 "busy": state.active > 0 if busy is None else bool(busy),
-                "waiting": getattr(backend, "waiting", None), "active": state.active, "requests": dict(state.counts)}
+                "waiting": getattr(state.backend, "waiting", None), "active": state.active,
+                "requests": dict(state.counts)}
 
     @api.get("/models")
     def models() -> dict:
@@ -68,22 +70,23 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
 
     @api.get("/audio/voices")
     def voices() -> dict:
-        stock = set(backend.stock_voices())
+        stock = set(state.backend.stock_voices())
         return {"object": "list", "data": [{"id": v, "object": "audio.voice", "name": v, "stock": v in stock}
-                                           for v in backend.voices()]}
+                                           for v in state.backend.voices()]}
 
     @api.post("/audio/voices")
     async def create_voice(request: Request) -> dict:
-        if not backend.info.can_create_voices:
+        if not state.backend.info.can_create_voices:
             raise Unsupported("The model behind this server can't make new voices.")
         body = await read_json(request, settings.body_limit)
         call = await run_in_threadpool(parse_voice, body, settings.media, state.default_voice())
-        voice_id = await run_in_threadpool(backend.create_voice, call.name, call.reference_16k, call.base, call.save)
+        voice_id = await run_in_threadpool(state.backend.create_voice, call.name, call.reference_16k, call.base,
+                                           call.save)
         return {"id": voice_id, "object": "audio.voice", "name": call.name, "base": call.base, "saved": call.save}
 
     @api.delete("/sessions/{session}")
     def end_session(session: str) -> dict:
-        backend.end_session(session)
+        state.backend.end_session(session)
         return {"id": session, "object": "session", "deleted": True}
 
     @api.post("/chat/completions")
@@ -112,7 +115,7 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
             pump.close()
         if not any(isinstance(e, Done) for e in events):
             raise RuntimeError("the backend's stream ended without a Done event")
-        reply, audio_id = whole_reply(call, backend.info.model, events[:-1])
+        reply, audio_id = whole_reply(call, state.backend.info.model, events[:-1])
         if audio_id:
             state.remember(audio_id, reply["choices"][0]["message"]["audio"]["transcript"])
         return JSONResponse(reply)
@@ -120,7 +123,7 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
     @api.post("/audio/speech")
     async def speech(request: Request):
         body = await read_json(request, settings.body_limit)
-        if not backend.info.can_speak_text:
+        if not state.backend.info.can_speak_text:
             raise Unsupported("The model behind this server can't speak a given text (it needs the streaming engine).")
         call = parse_speech(body, settings.limits, state.default_voice())
         pump = state.open(call.request)

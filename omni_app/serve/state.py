@@ -75,7 +75,13 @@ class ServerState:
                                "rate_limit_error", code="busy")
             self.active += 1
         cancel = CancelToken()
-        return Pump(self.backend.stream(request, cancel), cancel, self._closed)
+        try:
+            events = self.backend.stream(request, cancel)
+        except BaseException:
+            with self._lock:
+                self.active -= 1
+            raise
+        return Pump(events, cancel, self._closed)
 
     def _closed(self, pump: Pump) -> None:
         with self._lock:

@@ -168,7 +168,7 @@ def _spoken_text(audio, where: str, transcript) -> str:
 
 
 def _refuse_unsupported(body: dict) -> None:
-    if not isinstance(body.get("n", 1), int) or body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise WireError("n must be 1: one reply per request.", "n", "unsupported")
     if body.get("tools") or body.get("functions"):
         raise WireError("tools are not supported by this server.", "tools", "unsupported")
