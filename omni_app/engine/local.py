@@ -64,7 +64,7 @@ class LocalBackend:
         return BackendInfo(
             model=loaded.name, is_tiny=loaded.is_tiny, can_inspect=True,
             can_speak_text=self.service.engine.speaks_text, can_create_voices=True,
-            can_save_voices=self.voices_dir is not None,
+            can_save_voices=self.voices_dir is not None, engine=self.service.engine.name,
             description=f"{loaded.name} on {loaded.device} ({dtype}), {self.service.engine.name} engine",
         )
 
@@ -73,6 +73,16 @@ class LocalBackend:
 
     def stock_voices(self) -> list[str]:
         return self.service.stock_voices
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation holds the model right now."""
+        return self.service.busy
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the model right now."""
+        return self.service.waiting
 
     def warmup(self) -> None:
         """One short generation, so the first user does not pay for lazy initialisation."""

@@ -109,6 +109,11 @@ class ModelService:
         """Requests waiting for the model right now."""
         return self._waiting
 
+    @property
+    def busy(self) -> bool:
+        """Whether a generation (or other work on the model) holds it right now."""
+        return self._lock.locked()
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the model: no generation runs meanwhile (for other work on its modules)."""
