@@ -100,11 +100,6 @@ class ModelService:
         return list(self._stock)
 
     @property
-    def busy(self) -> bool:
-        """Whether a generation holds the model right now."""
-        return self._lock.locked()
-
-    @property
     def waiting(self) -> int:
         """Requests waiting for the model right now."""
         return self._waiting
