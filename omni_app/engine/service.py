@@ -23,6 +23,7 @@ from ..errors import RequestError
 from ..events import AudioChunk, Done, Event, Notice, Stats, TextDelta
 from ..voices import Voice
 from .common import Cancel, Engine, EngineResult, Job
+from .fifo import FifoLock
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ class ModelService:
     def __init__(self, loaded: LoadedModel, engine: Engine) -> None:
         self.loaded = loaded
         self.engine = engine
-        self._lock = threading.Lock()
-        self._waiting = 0  # requests waiting for the lock (for queue positions)
+        #: One generation at a time, first come first served.
+        self._lock = FifoLock()
         #: Voices listed by name: the stock ones and saved custom ones.
         self._voices = {name: Voice.from_speaker(name, entry) for name, entry in loaded.voices.items()}
         self._stock = list(loaded.voice_names)
@@ -102,7 +103,7 @@ class ModelService:
     @property
     def waiting(self) -> int:
         """Requests waiting for the model right now."""
-        return self._waiting
+        return self._lock.waiting
 
     @property
     def busy(self) -> bool:
@@ -153,7 +154,7 @@ class ModelService:
 
         closed = threading.Event()
         stop = Cancel(cancel, closed)
-        if not self._acquire(stop):
+        if not (yield from self._wait_for_turn(stop)):
             yield Done("cancelled", _stats(started, None, None, EngineResult("cancelled", 0, 0), 0.0,
                                            self.engine.name, job, time.perf_counter() - started))
             return
@@ -163,15 +164,28 @@ class ModelService:
         # worker still finishing its step never overlaps the next request.
         yield from self._run(job, prepared, stop, closed, started, queued)
 
-    def _acquire(self, stop: Cancel) -> bool:
-        self._waiting += 1
+    def _wait_for_turn(self, stop: Cancel) -> Iterator[Event]:
+        """Wait for the model in arrival order; tell the caller its place while it waits.
+
+        Returns (as the generator's value) whether the lock is now held: ``False`` when
+        the request was cancelled, or its stream closed, while it waited.
+        """
+        ticket = self._lock.join()
+        told = None
         try:
-            while not self._lock.acquire(timeout=0.05):
+            while not self._lock.wait(ticket, QUEUE_POLL_SECONDS):
                 if stop.is_set():
+                    self._lock.leave(ticket)
                     return False
+                ahead = self._lock.ahead(ticket)
+                if ahead != told:
+                    told = ahead
+                    yield Notice(f"Waiting for the model: {ahead} request{'s' if ahead != 1 else ''} ahead.",
+                                 level="info", queue_position=ahead)
             return True
-        finally:
-            self._waiting -= 1
+        except GeneratorExit:
+            self._lock.leave(ticket)
+            raise
 
     def _run(self, job: Job, prepared, stop: Cancel, closed: threading.Event, started: float,
              queued: float) -> Iterator[Event]:
@@ -240,6 +254,8 @@ class ModelService:
                                   self.engine.name, job, queued), result.trace)
 
 
+#: How often a waiting request checks for its turn, for a cancel and for its place.
+QUEUE_POLL_SECONDS = 0.1
 #: Events waiting between the engine and a slow consumer (a few seconds of speech).
 EVENT_QUEUE_SIZE = 256
 #: How long a closed stream waits for its worker to notice (one engine step, normally).

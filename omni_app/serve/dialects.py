@@ -78,7 +78,9 @@ class ChunkReader:
         if isinstance(chunk.get("notice"), dict):
             notice = chunk["notice"]
             level = "info" if notice.get("level") == "info" else "warning"
-            events.append(Notice(str(notice.get("message", "")), level))
+            position = notice.get("queue_position")
+            events.append(Notice(str(notice.get("message", "")), level,
+                                 int(position) if isinstance(position, int) else None))
         choices = chunk.get("choices") or []
         if not choices or not isinstance(choices[0], dict):
             return events

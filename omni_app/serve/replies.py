@@ -54,7 +54,10 @@ def usage_json(done: Done) -> dict:
 
 
 def notice_json(notice: Notice) -> dict:
-    return {"level": notice.level, "message": notice.message}
+    out = {"level": notice.level, "message": notice.message}
+    if notice.queue_position is not None:
+        out["queue_position"] = notice.queue_position
+    return out
 
 
 class ChatChunks:

@@ -72,6 +72,8 @@ def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: s
                     heard = True
                     log.info("first audio chunk sent at %.3f", time.time())
                 yield gr.skip(), (event.sample_rate, event.samples), gr.skip()
+            elif isinstance(event, Notice) and event.queue_position is not None:
+                yield gr.skip(), gr.skip(), f"⏳ {event.message}"
             elif isinstance(event, Notice):
                 gr.Warning(event.message)
             elif isinstance(event, Done):
