@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import ENGINES, GenerationLimits, MediaLimits, ServiceConfig
 from .errors import OmniError
+from .space import commands as space_commands
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--max-speech-seconds", type=float, default=GenerationLimits.max_speech_seconds,
                      help="longest speech per sentence in seconds (default: %(default)s)")
     say.add_argument("--out", type=Path, required=True, metavar="WAV", help="where to write the speech")
+    space_commands.add_parser(sub)
     return parser
 
 
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             return _chat(args)
         if args.command == "say":
             return _say(args)
+        if args.command == "space":
+            return space_commands.run(args)
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
