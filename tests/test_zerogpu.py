@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -140,8 +141,20 @@ def test_each_reply_asks_for_gpu_time_sized_to_it(zerogpu_run):
     assert len(asked) == 8  # one schedule per reply, the refused one included
 
 
-def test_the_built_zerogpu_space_answers_and_tells_a_visitor_when_the_quota_is_spent(tmp_path):
+def until(probe, accept, timeout: float = 120):
+    """The first value of ``probe()`` that ``accept`` (a predicate, or a text it contains) takes."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = probe()
+        if (accept in value) if isinstance(accept, str) else accept(value):
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"still waiting; last seen: {value!r}")
+
+
+def test_the_built_zerogpu_space_queues_answers_and_tells_a_visitor_when_the_quota_is_spent(tmp_path):
     from gradio_client import Client
+    from gradio_client.utils import Status
     from launch import serving
 
     from omni_app.space.build import build_space
@@ -154,12 +167,26 @@ def test_the_built_zerogpu_space_answers_and_tells_a_visitor_when_the_quota_is_s
     log = tmp_path / "space.log"
     with serving([sys.executable, str(EMULATOR), "app.py"], cwd=folder, log=log) as url:
         device_api = re.search(r"device API at (\S+)", log.read_text()).group(1)
-        job = Client(url, verbose=False, download_files=False).submit("Hello there", "Chelsie", True,
-                                                                      api_name="/voice_chat_text")
-        updates = list(job)
-        assert job.outputs()[-1][0][-1]["content"][0]["text"].strip()
+
+        def mode(value: str) -> None:
+            urllib.request.urlopen(urllib.request.Request(f"{device_api}/emulator/mode?value={value}", method="POST"))
+
+        # Every GPU busy: the first visitor waits in ZeroGPU's queue and is told so; the second
+        # waits in the app's queue (one reply at a time) and sees its place in it.
+        mode("hold")
+        first = Client(url, verbose=False, download_files=False).submit("Hello there", "Chelsie", True,
+                                                                        api_name="/voice_chat_text")
+        told = until(lambda: (first.status().log or ("",))[0], "Waiting for a GPU")
+        second = Client(url, verbose=False, download_files=False).submit("Me too", "Chelsie", True,
+                                                                         api_name="/voice_chat_text")
+        place = until(lambda: second.status(), lambda s: s.code == Status.IN_QUEUE and s.rank is not None)
+        mode("ok")
+        updates = list(first)
+        list(second)
+        assert first.outputs()[-1][0][-1]["content"][0]["text"].strip()
+        assert second.outputs()[-1][0][-1]["content"][0]["text"].strip()
         assert any(isinstance(u[1], dict) and (u[1].get("url") or u[1].get("path")) for u in updates)
-        urllib.request.urlopen(urllib.request.Request(f"{device_api}/emulator/mode?value=quota", method="POST"))
+        mode("quota")
         # A signed-in visitor: ZeroGPU tells how long until their quota is back.
         token = "x." + base64.urlsafe_b64encode(b'{"user": "visitor"}').decode().rstrip("=") + ".y"
         visitor = Client(url, verbose=False, download_files=False, headers={"x-ip-token": token})
@@ -167,9 +194,11 @@ def test_the_built_zerogpu_space_answers_and_tells_a_visitor_when_the_quota_is_s
             visitor.predict("Hello again", "Chelsie", True, api_name="/voice_chat_text")
         with urllib.request.urlopen(f"{device_api}/emulator/calls") as answer:
             calls = json.load(answer)
+    assert "Waiting for a GPU to become available" in told
+    assert place.rank == 0 and place.queue_size == 1
     assert "run out for now" in str(refused.value) and "Try again in 0:12:34" in str(refused.value)
     paths = [c["path"] for c in calls]
-    assert paths[0] == "/startup-report" and paths.count("/schedule") == 2 and "/allow" in paths
+    assert paths[0] == "/startup-report" and paths.count("/schedule") == 3 and "/allow" in paths
     assert [c.get("token") for c in calls if c["path"] == "/schedule"][-1] == token
     # The app started as a ZeroGPU Space does: spaces reported the start and lent a GPU per reply.
     assert "Running on local URL" in log.read_text() and "loading tiny on zero-gpu" in log.read_text()

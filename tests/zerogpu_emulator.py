@@ -5,8 +5,9 @@ call in a forked worker process, after asking ZeroGPU's device API (at
 ``SPACES_ZERO_DEVICE_API_URL``) to ``/schedule`` a GPU for the requested seconds, to
 ``/allow`` the worker on it and to ``/release`` it afterwards; the app reports its start to
 ``/startup-report``. :class:`DeviceApi` answers those calls on loopback the way the real
-API does when a GPU is free, records what it was asked, and can refuse with "quota exceeded"
-(HTTP 429 and the quota left) as the real one does.
+API does when a GPU is free, records what it was asked, and, as the real one does, can refuse
+with "quota exceeded" (HTTP 429 and the quota left) or keep requests in its queue while
+every GPU is busy.
 
 What can't be emulated: a GPU. The ``spaces`` package's CUDA layer (torch patching, packing
 the weights, moving them onto the lent GPU in the worker) needs CUDA, so :func:`emulate`
@@ -25,6 +26,7 @@ import runpy
 import sys
 import tempfile
 import threading
+import time
 import types
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,7 +42,8 @@ class DeviceApi:
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
-        #: ``"ok"`` lends a GPU; ``"quota"`` answers that the visitor's quota is spent.
+        #: ``"ok"`` lends a GPU; ``"quota"`` answers that the visitor's quota is spent; ``"hold"``
+        #: keeps requests queued (every GPU busy) until the mode changes.
         self.mode = "ok"
         self._busy: dict[str, int] = {}  # allow token -> GPU index
         self._lock = threading.Lock()
@@ -54,6 +57,8 @@ class DeviceApi:
                     api.mode = params["value"]
                     return self._send(200, {"mode": api.mode})
                 api.calls.append({"path": url.path, **params})
+                if url.path == "/schedule" and api.mode == "hold":
+                    return self._queue(params)
                 if url.path == "/schedule":
                     return self._send(*api.schedule(params))
                 if url.path == "/release":
@@ -63,6 +68,24 @@ class DeviceApi:
 
             def do_GET(self):  # noqa: N802
                 self._send(200, api.calls)
+
+            def _queue(self, params):
+                # Every GPU busy: ZeroGPU keeps the request in its queue with pings (server-sent
+                # events) until a GPU is free, then answers "succeeded" with the lease.
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    while api.mode == "hold":
+                        self.wfile.write(b"event: ping\n\n")
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                    _, lease = api.schedule(params)
+                    self.wfile.write(f"event: succeeded\ndata: {json.dumps(lease)}\n\n".encode())
+                    self.wfile.flush()
+                except OSError:
+                    pass  # the visitor left while queued
 
             def _send(self, status, body):
                 data = json.dumps(body).encode()
