@@ -96,11 +96,19 @@ class GpuBudget:
             speech = len(request.speak_text) / 12
         else:
             tokens = limits.max_new_tokens
-            # Speech runs about 0.3 s per text token; 0.5 leaves room for slow talkers.
-            speech = min(limits.max_speech_seconds, 0.5 * tokens) if request.voice is not None else 0.0
-        total = (self.base + media * self.per_media_second + images * self.per_image
-                 + tokens * self.per_token + speech * self.per_speech_second)
-        return int(min(self.cap, math.ceil(total)))
+            speech = longest_speech(limits) if request.voice is not None else 0.0
+        return int(min(self.cap, math.ceil(self.estimate(media, images, tokens, speech))))
+
+    def estimate(self, media_seconds: float, images: float, tokens: float, speech_seconds: float) -> float:
+        """GPU seconds for that much input and output, without the cap."""
+        return (self.base + media_seconds * self.per_media_second + images * self.per_image
+                + tokens * self.per_token + speech_seconds * self.per_speech_second)
+
+
+def longest_speech(limits) -> float:
+    """The most speech a reply within ``limits`` (a GenerationLimits) is expected to have."""
+    # Speech runs about 0.3 s per text token; 0.5 leaves room for slow talkers.
+    return min(limits.max_speech_seconds, 0.5 * limits.max_new_tokens)
 
 
 @dataclass(frozen=True)

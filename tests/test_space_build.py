@@ -127,6 +127,20 @@ def test_a_build_replaces_an_earlier_one_but_no_other_folder(tmp_path):
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def test_build_warns_when_the_longest_reply_may_outrun_its_gpu_time(tmp_path):
+    spacefile = tmp_path / "Spacefile"
+    spacefile.write_text(SPACEFILE.format(hardware="zero-gpu", model="3B", tabs="[voice]").replace(
+        "reply_tokens: 16", "reply_tokens: 2000").replace("speech_seconds: 1.5", "speech_seconds: 200")
+        + "zero_gpu:\n  gpu_seconds: 60\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "omni_app", "space", "build", str(tmp_path / "space"),
+                          "--spacefile", str(spacefile)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "torch==2.11.0" in out.stdout and "zero_gpu.gpu_seconds (60)" in out.stderr
+    quiet = subprocess.run([sys.executable, "-m", "omni_app", "space", "build", str(tmp_path / "space")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr  # the repository's own Spacefile
+
+
 class RecordingHub:
     """Stands in for huggingface_hub.HfApi: records what would be sent."""
 

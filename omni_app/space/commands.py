@@ -47,8 +47,9 @@ def _build(args) -> int:
         budget = space.gpu_budget()
         print(f"ZeroGPU: torch {ZERO_GPU_TORCH_PIN}, up to {budget.cap} s of GPU time per reply "
               f"({space.zero_gpu.size} GPU)")
+    sys.stdout.flush()
     for warning in _warnings(space):
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     print(f"next: python -m omni_app space push {built.folder} --repo USER/NAME")
     return 0
 
@@ -68,23 +69,15 @@ def _push(args) -> int:
 
 
 def _warnings(space) -> list[str]:
-    # The longest reply the limits allow, with the longest video: may it outrun the GPU time asked for?
+    # The longest reply the limits allow, after the longest video: may it outrun the GPU time asked for?
     if not space.is_zero_gpu:
         return []
-    import numpy as np
+    from ..zerogpu import longest_speech
 
-    from ..api import Request
-    from ..conversation import Conversation, VideoPart
-    from ..media import VideoClip
-
-    frames = np.zeros((int(space.limits.video_seconds * 2), 1, 1, 3), np.uint8)
-    longest = Request(Conversation().add_user(VideoPart(VideoClip(frames, 2.0)), "?"),
-                      limits=space.generation_limits())
-    budget = space.gpu_budget()
-    wanted = budget.seconds_for(longest)
-    uncapped = type(budget)(cap=10**6).seconds_for(longest)
-    if uncapped <= wanted:
+    budget, limits = space.gpu_budget(), space.generation_limits()
+    needed = budget.estimate(space.limits.video_seconds, 0, limits.max_new_tokens, longest_speech(limits))
+    if needed <= budget.cap:
         return []
-    return [f"the longest reply the limits allow may need about {uncapped} s of GPU time, more than "
+    return [f"the longest reply the limits allow may need about {needed:.0f} s of GPU time, more than "
             f"zero_gpu.gpu_seconds ({budget.cap}); ZeroGPU may stop such a reply before its end. Lower "
             "limits.speech_seconds or limits.reply_tokens, or raise zero_gpu.gpu_seconds."]
