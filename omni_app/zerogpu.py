@@ -139,7 +139,7 @@ class CancelFlags:
         self._lock = threading.Lock()
 
     def take(self) -> int | None:
-        """A cleared flag for a new stream (``None`` when all are in use: Stop then ends it at the next event)."""
+        """A cleared flag for a new stream (``None`` when all are in use: Stop then closes the call)."""
         with self._lock:
             if not self._free:
                 return None
@@ -204,6 +204,8 @@ class GpuRunner:
                         log.error("the GPU worker failed:\n%s", item.details)
                     raise item.error
                 yield item
+                if slot is None and cancel is not None and cancel.is_set():
+                    break  # no flag to tell the worker: closing the call stops it
         except Exception as exc:
             translated = zerogpu_error(exc)
             if translated is exc:
