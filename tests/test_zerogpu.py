@@ -78,8 +78,12 @@ def test_the_model_is_placed_on_cuda_at_start_under_zerogpus_emulation():
         backend.warmup()  # nothing runs: there is no GPU outside a request
         weight = next(backend.service.loaded.model.parameters())
         speech = next(backend.service.loaded.model.token2wav.parameters())
+        # The inside tab's data is computed in this process, where the GPU is only emulated.
+        from omni_app.conversation import Conversation
+        seen = backend.inspect(Conversation().add_user("What is TMRoPE?"), None)
         print(json.dumps({"device": str(weight.device), "dtype": str(weight.dtype), "speech": str(speech.dtype),
-                          "to_move": layer.size(), "in_process": backend._gpu.in_process}))
+                          "to_move": layer.size(), "in_process": backend._gpu.in_process,
+                          "inspected_tokens": len(seen.tokens.kinds), "positions": list(seen.positions.shape)}))
     """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -87,6 +91,7 @@ def test_the_model_is_placed_on_cuda_at_start_under_zerogpus_emulation():
     assert seen["device"] == "cuda:0" and seen["dtype"] == "torch.bfloat16" and seen["speech"] == "torch.float32"
     assert seen["to_move"] > 1_000_000  # the weights ZeroGPU copies onto each lent GPU
     assert seen["in_process"] is False
+    assert seen["inspected_tokens"] > 5 and seen["positions"] == [3, seen["inspected_tokens"]]
 
 
 @pytest.fixture(scope="module")
