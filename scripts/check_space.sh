@@ -4,8 +4,8 @@
 #
 #   scripts/check_space.sh [WORKDIR]   (Python 3.12: $PYTHON312, else pyenv's newest 3.12, else python3.12)
 #
-# Builds the Space of ./Spacefile with the tiny model in place of its model (the requirements
-# do not depend on the model), installs them (several GB: torch and its CUDA libraries), then
+# Builds the Space of ./Spacefile with the tiny model in place of its model and short replies
+# (the requirements depend on neither), installs them (several GB: torch and its CUDA libraries), then
 # 1. loads the model under the spaces package's real CUDA emulation, as a ZeroGPU Space does
 #    at start, and checks that it was placed on cuda;
 # 2. starts the Space's app.py under tests/zerogpu_emulator.py and asks it a question.
@@ -26,8 +26,10 @@ fi
 mkdir -p "$work"
 echo "check_space: working in $work with $("$python" --version)"
 
-# The repository's Spacefile with the tiny model; its requirements must equal the real build's.
-sed -E 's/^model: .*/model: tiny/' Spacefile > "$work/Spacefile"
+# The repository's Spacefile with the tiny model and short replies (the tiny model's random
+# replies run to their limits); its requirements must equal the real build's.
+sed -E -e 's/^model: .*/model: tiny/' -e 's/^( *reply_tokens:) *[0-9]+/\1 24/' \
+  -e 's/^( *speech_seconds:) *[0-9.]+/\1 2/' Spacefile > "$work/Spacefile"
 .venv/bin/python -m omni_app space build "$work/space" --spacefile "$work/Spacefile"
 .venv/bin/python -m omni_app space build "$work/real-space" > /dev/null
 diff -u "$work/real-space/requirements.txt" "$work/space/requirements.txt"
@@ -63,10 +65,11 @@ EOF
 
 echo "check_space: 2. the Space's app.py on an emulated ZeroGPU, asked a question"
 port="$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# In a session of its own, so that the GPU worker it forks is stopped with it.
 (cd "$work/space" && GRADIO_SERVER_NAME=127.0.0.1 GRADIO_SERVER_PORT="$port" \
-  exec "$py" "$repo/tests/zerogpu_emulator.py" app.py) > "$work/app.log" 2>&1 &
+  exec setsid "$py" "$repo/tests/zerogpu_emulator.py" app.py) > "$work/app.log" 2>&1 &
 app=$!
-trap 'kill "$app" 2>/dev/null || true' EXIT
+trap 'kill -- -"$app" 2>/dev/null || true' EXIT
 for _ in $(seq 600); do
   if curl -sf -o /dev/null "http://127.0.0.1:$port/"; then break; fi
   if ! kill -0 "$app" 2>/dev/null; then tail -40 "$work/app.log"; echo "check_space: FAILED: the app exited" >&2; exit 1; fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -30,7 +31,9 @@ def serving(argv: list[str], cwd: Path, log: Path, env: dict | None = None, time
                     GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), **(env or {}))
     url = f"http://127.0.0.1:{port}/"
     with log.open("w") as handle:
-        process = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=handle, stderr=subprocess.STDOUT)
+        # Its own process group: on ZeroGPU the app forks GPU workers, and they must go with it.
+        process = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         try:
             deadline = time.time() + timeout
             while True:
@@ -45,9 +48,21 @@ def serving(argv: list[str], cwd: Path, log: Path, env: dict | None = None, time
                     time.sleep(0.5)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the app and what it forked; then SIGKILL whatever of the group is left."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
