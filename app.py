@@ -8,7 +8,7 @@ import os
 import sys
 
 from omni_app.cli import add_backend_options, open_backend, quiet_libraries
-from omni_app.config import GenerationLimits, MediaLimits
+from omni_app.config import TABS, GenerationLimits, MediaLimits, check_tabs
 from omni_app.errors import OmniError
 
 
@@ -25,6 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="longest spoken reply (default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
+    parser.add_argument("--tabs", default=",".join(TABS),
+                        help="the tabs to show, comma-separated, among %(default)s (default: all)")
     return parser.parse_args(argv)
 
 
@@ -34,6 +36,7 @@ def main(argv=None) -> int:
     logging.getLogger("omni_app").setLevel(logging.INFO)
     try:
         limits = GenerationLimits(max_new_tokens=args.max_new_tokens, max_speech_seconds=args.max_speech_seconds)
+        tabs = check_tabs(args.tabs.split(","), "--tabs")
         backend = open_backend(args, warmup=not args.no_warmup)
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
     from omni_app.ui.app import CSS, build_app
     from omni_app.ui.context import AppContext
 
-    demo = build_app(AppContext(backend, limits, MediaLimits()))
+    demo = build_app(AppContext(backend, limits, MediaLimits()), tabs=tabs)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
     return 0

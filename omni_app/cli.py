@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import ENGINES, GenerationLimits, MediaLimits, ServiceConfig
 from .errors import OmniError
+from .space import commands as space_commands
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "/v1/audio/speech, /v1/models and /health.",
     )
     add_serve_options(serve)
+    space_commands.add_parser(sub)
     return parser
 
 
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             from .serve.command import run
 
             return run(args, open_backend)
+        if args.command == "space":
+            return space_commands.run(args)
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -7,6 +7,21 @@ from dataclasses import dataclass
 from .errors import RequestError
 
 ENGINES = ("streaming", "reference")
+#: The web app's tabs, in the order they are shown: voice chat, video chat, image Q&A,
+#: voice-cloning TTS and "inside the model".
+TABS = ("voice", "video", "image", "tts", "inside")
+
+
+def check_tabs(tabs, field: str = "tabs") -> tuple[str, ...]:
+    """``tabs`` (ids from :data:`TABS`) as a tuple; raises an error that names ``field`` otherwise."""
+    tabs = tuple(str(t).strip() for t in tabs if str(t).strip())
+    unknown = [t for t in tabs if t not in TABS]
+    if unknown or not tabs:
+        found = f"unknown tab(s) {', '.join(map(repr, unknown))}" if unknown else "no tab given"
+        raise RequestError(f"{field}: {found}; choose among {', '.join(TABS)}.")
+    if len(set(tabs)) != len(tabs):
+        raise RequestError(f"{field}: a tab is listed twice ({', '.join(tabs)}).")
+    return tabs
 
 
 @dataclass(frozen=True)

@@ -219,28 +219,3 @@ def test_long_speech_is_cut_into_turns_without_losing_the_rest(tmp_path):
         ended += [e for e in detector.feed(*chunk) if isinstance(e, TurnEnded)]
     assert len(ended) >= 3
     assert sum(e.seconds for e in ended) > 2.5
-
-
-def test_generation_across_a_process_boundary(service):
-    """ZeroGPU pickles the GPU function's arguments and every event it yields."""
-    import pickle
-
-    from omni_app.api import CancelToken, Request
-    from omni_app.conversation import Conversation
-    from omni_app.events import Done
-
-    backend = LocalBackend(service)
-    inner = backend._on_gpu
-
-    def across(*args):
-        for event in inner(*pickle.loads(pickle.dumps(args))):
-            yield pickle.loads(pickle.dumps(event))
-
-    backend._on_gpu, backend._in_process = across, False
-    events = list(backend.stream(Request(Conversation().add_user("Hi"), voice="Chelsie", limits=LIMITS)))
-    assert isinstance(events[-1], Done) and events[-1].trace.codes and events[-1].trace.reply_ids
-    cancel = CancelToken()
-    stream = backend.stream(Request(Conversation().add_user("Stop soon"), voice="Chelsie", limits=LIMITS), cancel)
-    next(stream)
-    cancel.cancel()
-    assert len(list(stream)) <= 1
