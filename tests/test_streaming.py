@@ -174,7 +174,7 @@ def test_interleaved_requests_do_not_disturb_each_other(service):
     inputs = [build_inputs(c, loaded.processor) for c in prompts]
 
     def steppers():
-        return [ThinkerStepper(loaded.model.thinker, to_device(p.tensors, loaded), p.use_audio_in_video, True)
+        return [ThinkerStepper(loaded.model.thinker, to_device(p.tensors, loaded), p.use_audio_in_video)
                 for p in inputs]
 
     solo = []

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..conversation import Conversation, ImagePart, PreparedInputs, VideoPart
+from ..conversation import Conversation, ImagePart, VideoPart
 from ..events import Trace
 from ..inside import KINDS, AudioView, Inspection, TokenMap, VisionView, chunk_audio, timeline
+from ..prompt import PreparedInputs
 from .loader import LoadedModel
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,9 @@ class LocalBackend:
             yield from self.service.stream(request, cancel, voice)
             return
         # ZeroGPU: the generator runs in another process; a CancelToken can't cross, so the
-        # stream is closed on cancel (the worker then stops within one step).
-        events = self._on_gpu(request, voice)
+        # stream is closed on cancel (the worker then stops within one step). Nothing is kept
+        # per conversation there (each call may land in a fresh process).
+        events = self._on_gpu(replace(request, session=None), voice)
         try:
             for event in events:
                 yield event
@@ -116,7 +118,7 @@ class LocalBackend:
         return self.service.add_custom_voice(voice)
 
     def end_session(self, session: str) -> None:
-        pass  # nothing is kept per session yet
+        self.service.end_session(session)
 
     def inspect(self, conversation: Conversation, trace: Trace | None) -> Inspection:
         from .inspect import inspect
