@@ -31,13 +31,12 @@ def build_app(app: AppContext) -> gr.Blocks:
         gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
                     "speech while it is still being generated.")
         gr.Markdown(banner_text(app), elem_id="banner")
-        stores, pickers = [], []
+        pickers = []
         with gr.Tabs():
             for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
                                           ("image", "Image Q&A", image_qa)):
                 with gr.Tab(title, id=tab_id):
-                    store, picker = module.build(app, GPU_QUEUE)
-                    stores.append(store)
+                    _, picker = module.build(app, GPU_QUEUE)
                     pickers.append(picker)
             with gr.Tab("Voice cloning TTS", id="tts"):
                 voice_clone.build(app, GPU_QUEUE, pickers)
@@ -45,9 +44,6 @@ def build_app(app: AppContext) -> gr.Blocks:
                 inside_tab.build(app, GPU_QUEUE)
 
         def forget(request: gr.Request):
-            for store in stores:
-                for key in store.drop(request):
-                    app.backend.end_session(key)
             app.drop_session(request)
 
         demo.unload(forget)
