@@ -47,14 +47,12 @@ class Fit:
 
     def notice(self) -> str:
         """One sentence for the user: what the model no longer sees."""
-        counts = {k: self.kinds.count(k) for k in ("video", "image", "audio")}
-        left = [f"{n} {kind if n == 1 else kind + 's'}" for kind, n in counts.items() if n]
-        if self.dropped.turns:
-            n = len(self.dropped.turns)
-            left.append("the oldest turn" if n == 1 else f"the {n} oldest turns")
-        what = ", ".join(left[:-1]) + (" and " if len(left) > 1 else "") + left[-1]
-        return (f"The conversation is longer than the model can take at once, so it no longer sees the oldest "
-                f"media and turns ({what} so far); the chat keeps them. Press Clear to start afresh.")
+        counts = [(self.kinds.count(kind), kind) for kind in ("video", "image", "audio clip")]
+        counts.append((len(self.dropped.turns), "turn"))
+        what = [f"the oldest {kind}" if n == 1 else f"the {n} oldest {kind}s" for n, kind in counts if n]
+        listed = ", ".join(what[:-1]) + (" and " if len(what) > 1 else "") + what[-1]
+        return (f"The conversation has grown past what the model can take at once, so it no longer sees "
+                f"{listed}. The chat still shows everything; press Clear to start afresh.")
 
 
 def fit_context(conversation: Conversation, prepared: PreparedInputs, limit: int, reserve: int,
@@ -89,13 +87,14 @@ def fit_context(conversation: Conversation, prepared: PreparedInputs, limit: int
     dropped = Dropped(fingerprints[:count])
     if ready.prompt_tokens + reserve > limit or before.turns:
         trimmed, ready, dropped = _drop_turns(trimmed, ready, limit, reserve, prepare, dropped, before)
-    return Fit(trimmed, ready, dropped, tuple(s.kind for s in spans[:count]))
+    kinds = tuple("audio clip" if s.kind == "audio" else s.kind for s in spans[:count])
+    return Fit(trimmed, ready, dropped, kinds)
 
 
 def _drop_turns(conversation: Conversation, prepared: PreparedInputs, limit: int, reserve: int, prepare,
                 dropped: Dropped, before: Dropped) -> tuple[Conversation, PreparedInputs, Dropped]:
     """Leave out the oldest turns (a user turn with the replies to it) until the prompt fits."""
-    sizes = _turn_sizes(prepared, len(conversation.turns))
+    sizes = _turn_sizes(conversation, prepared)
     units = []  # (first turn, last turn + 1) of each user turn and its replies, except the newest
     for index, turn in enumerate(conversation.turns[:-1]):
         if turn.role == "user" or not units:
@@ -131,15 +130,21 @@ def _how_many(savings: list[int], need: int, step: int) -> int:
     return len(savings)
 
 
-def _turn_sizes(prepared: PreparedInputs, turns: int) -> list[int]:
-    """Tokens of each turn of the prompt (from its ``<|im_start|>`` to the next one)."""
+def _turn_sizes(conversation: Conversation, prepared: PreparedInputs) -> list[int]:
+    """About how many tokens each turn takes (its text, its media, the template around it)."""
     tokenizer = prepared.processor.tokenizer
-    start_id = tokenizer.convert_tokens_to_ids("<|im_start|>")
-    ids = prepared.input_ids[0].tolist()
-    starts = [i for i, token in enumerate(ids) if token == start_id]
-    # The first start is the system prompt's; the last one opens the reply.
-    bounds = starts[1:turns + 2]
-    return [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    media = iter(prepared.media)
+    sizes = []
+    for turn in conversation.turns:
+        size = 5  # "<|im_start|>user\n" ... "<|im_end|>\n"
+        for part in turn.parts:
+            if isinstance(part, TextPart):
+                size += len(tokenizer(part.text, add_special_tokens=False)["input_ids"])
+            elif turn.role == "user":
+                span = next(media)
+                size += span.end - span.start + 2
+        sizes.append(size)
+    return sizes
 
 
 def _marker(part) -> TextPart:
