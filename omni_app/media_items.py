@@ -24,8 +24,8 @@ from .media import MODEL_SAMPLE_RATE, VIDEO_FPS
 #: frames under the mask are those of the processor's 300 s padding (the model never sees
 #: the padding; computing 300 s of it cost ~0.5 s per clip).
 AUDIO_TAIL = MODEL_SAMPLE_RATE
-#: Media layouts a memo keeps (a few bytes to a few kB each).
-MEMO_ITEMS = 512
+#: Bytes of media layouts a memo keeps (4 per token: room for far more than a context holds).
+MEMO_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ class MediaLayout:
 class PromptMemo:
     """Per conversation: media fingerprints and layouts already computed (bounded, thread-safe)."""
 
-    def __init__(self, limit: int = MEMO_ITEMS) -> None:
-        self.limit = limit
+    def __init__(self, limit_bytes: int = MEMO_BYTES) -> None:
+        self.limit_bytes = limit_bytes
+        self._bytes = 0
         self._layouts: OrderedDict[tuple[str, bool], MediaLayout] = OrderedDict()
         # Keyed by the part object: a conversation hands the same parts back every turn, so
         # each is hashed once. Entries go when the part does.
@@ -75,15 +76,15 @@ class PromptMemo:
 
     def remember(self, key: tuple[str, bool], layout: MediaLayout) -> None:
         with self._lock:
+            old = self._layouts.pop(key, None)
+            self._bytes += layout.nbytes - (old.nbytes if old is not None else 0)
             self._layouts[key] = layout
-            self._layouts.move_to_end(key)
-            while len(self._layouts) > self.limit:
-                self._layouts.popitem(last=False)
+            while self._bytes > self.limit_bytes and len(self._layouts) > 1:
+                self._bytes -= self._layouts.popitem(last=False)[1].nbytes
 
     @property
     def nbytes(self) -> int:
-        with self._lock:
-            return sum(layout.nbytes for layout in self._layouts.values())
+        return self._bytes
 
 
 def fingerprint(part) -> str:
@@ -149,5 +150,5 @@ def process_item(processor, part, use_audio_in_video: bool) -> tuple[MediaLayout
     if audio is not None:
         frames = int(out["feature_attention_mask"][0].sum())
         tensors["features"] = out["input_features"][0, :, :frames].clone()
-    ids = out["input_ids"][0].numpy().astype(np.int64)
+    ids = out["input_ids"][0].numpy().astype(np.int32)
     return MediaLayout(kind, ids, grid, frames, seconds), tensors

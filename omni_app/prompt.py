@@ -156,7 +156,7 @@ def build_inputs(conversation: Conversation, processor, memo: PromptMemo | None 
             media.append(MediaSpan(layout.kind, key[0], length, length + len(run), layout, part))
         ids.append(run)
         length += len(run)
-    input_ids = torch.from_numpy(np.concatenate(ids)).view(1, -1)
+    input_ids = torch.from_numpy(np.concatenate(ids).astype(np.int64)).view(1, -1)
     return PreparedInputs(processor, prompt, use_audio_in_video, input_ids, tuple(media), fresh,
                           _whole_kwargs(parts, use_audio_in_video))
 
