@@ -9,9 +9,10 @@ import torch
 from omni_app.api import Request
 from omni_app.config import GenerationLimits
 from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart, build_inputs
+from omni_app.engine.common import to_device
 from omni_app.engine.local import LocalBackend
 from omni_app.engine.service import ModelService
-from omni_app.engine.stepper import prompt_positions
+from omni_app.engine.stepper import ThinkerStepper, prompt_positions
 from omni_app.engine.streaming import StreamingEngine
 from omni_app.events import Done, TextDelta
 from omni_app.media import load_audio, load_image, load_video
@@ -56,6 +57,13 @@ def test_cached_turns_equal_full_prefills_over_a_mixed_conversation(service, med
     # The cache's positions are get_rope_index's over the whole conversation as the model ran it.
     cached = service.sessions.state("mixed").cached
     assert cached is not None and cached.talker_cache is not None
+    # Its hidden states (the Talker's rows) are a full prefill's, but for rounding.
+    last = build_inputs(Conversation(turns=conversation.turns[:-1]), service.loaded.processor)
+    full = ThinkerStepper(service.loaded.model.thinker, to_device(last.tensors, service.loaded), True)
+    with torch.no_grad():
+        full.prefill()
+    difference = (cached.rows[:, :last.prompt_tokens] - full.prompt_rows).abs().max()
+    assert difference < 1e-5, difference
     prepared = build_inputs(conversation.add_user("And now?"), service.loaded.processor)
     rope = prepared.rope_inputs()
     rope["input_ids"] = torch.from_numpy(cached.ids).view(1, -1)

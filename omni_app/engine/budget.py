@@ -32,9 +32,6 @@ class Dropped:
     media: tuple[str, ...] = ()
     turns: tuple[str, ...] = ()
 
-    def covers(self, other: Dropped) -> bool:
-        return len(self.media) >= len(other.media) and len(self.turns) >= len(other.turns)
-
 
 @dataclass(frozen=True)
 class Fit:

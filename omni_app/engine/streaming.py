@@ -9,6 +9,9 @@ is finished, and cancel is noticed within one chunk. The text, codes and wavefor
 the reference engine's for the same request and seed (the sampling settings, the
 Talker's mask path and the random streams are the same); only the waveform differs
 slightly at chunk joints because each window is decoded with limited context.
+
+Given its conversation's cache (:attr:`Job.slot`, see :mod:`.sessions`), a turn runs only
+the part of its prompt the cache does not hold, and leaves the cache for the next turn.
 """
 
 from __future__ import annotations
