@@ -95,13 +95,6 @@ class Conversation:
         )
 
 
-def build_inputs(conversation: Conversation, processor, memo=None):
-    """The model's inputs for ``conversation`` (see :func:`omni_app.prompt.build_inputs`)."""
-    from .prompt import build_inputs as build
-
-    return build(conversation, processor, memo)
-
-
 def video_audio(clip: VideoClip) -> np.ndarray:
     """The clip's audio track, or silence as long as the frames (every video gets a track when one has sound)."""
     if clip.audio is not None:

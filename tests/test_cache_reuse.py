@@ -8,7 +8,7 @@ import torch
 
 from omni_app.api import Request
 from omni_app.config import GenerationLimits
-from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart, build_inputs
+from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart
 from omni_app.engine.common import to_device
 from omni_app.engine.local import LocalBackend
 from omni_app.engine.service import ModelService
@@ -16,6 +16,7 @@ from omni_app.engine.stepper import ThinkerStepper, prompt_positions
 from omni_app.engine.streaming import StreamingEngine
 from omni_app.events import Done, TextDelta
 from omni_app.media import load_audio, load_image, load_video
+from omni_app.prompt import build_inputs
 
 LIMITS = GenerationLimits(max_new_tokens=16, max_speech_seconds=1.0)
 

@@ -10,13 +10,14 @@ import soundfile as sf
 
 from omni_app.api import Request
 from omni_app.config import GenerationLimits
-from omni_app.conversation import AudioPart, Conversation, VideoPart, build_inputs
+from omni_app.conversation import AudioPart, Conversation, VideoPart
 from omni_app.engine.local import LocalBackend
 from omni_app.engine.service import ModelService
 from omni_app.engine.streaming import StreamingEngine
 from omni_app.errors import RequestError
 from omni_app.events import Done, Notice, TextDelta
 from omni_app.media import load_video
+from omni_app.prompt import build_inputs
 from omni_app.ui.app import build_app
 from omni_app.ui.context import AppContext
 

@@ -100,7 +100,7 @@ def dit_attention(loaded: LoadedModel, codes: int) -> dict:
 
 def inspect(loaded: LoadedModel, conversation: Conversation, trace: Trace | None) -> Inspection:
     """How the loaded model sees ``conversation``, and how ``trace``'s reply was made."""
-    from ..conversation import build_inputs
+    from ..prompt import build_inputs
 
     prepared = build_inputs(conversation, loaded.processor)
     tokens = token_map(loaded, prepared)

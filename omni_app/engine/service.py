@@ -19,11 +19,11 @@ from dataclasses import replace
 
 from ..api import CancelToken, Request
 from ..config import GenerationLimits, ServiceConfig
-from ..conversation import Conversation, build_inputs
+from ..conversation import Conversation
 from ..errors import RequestError
 from ..events import AudioChunk, Done, Event, Notice, Stats, TextDelta
 from ..media_items import PromptMemo
-from ..prompt import PreparedInputs
+from ..prompt import PreparedInputs, build_inputs
 from ..voices import Voice
 from .budget import Dropped, fit_context
 from .common import Cancel, Engine, EngineResult, Job

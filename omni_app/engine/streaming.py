@@ -22,9 +22,9 @@ from collections.abc import Callable
 import torch
 
 from ..config import ServiceConfig
-from ..conversation import Conversation, build_inputs
+from ..conversation import Conversation
 from ..events import AudioChunk, Event, TextDelta, Trace
-from ..prompt import PreparedInputs
+from ..prompt import PreparedInputs, build_inputs
 from ..voices import split_sentences
 from .code2wav import StreamingCode2Wav, WindowDecoder
 from .common import TALKER_STOP_CODES, Cancel, EngineResult, Job, reason_for, to_device, to_int16
