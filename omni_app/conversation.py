@@ -1,8 +1,9 @@
-"""Typed conversations and how they become the processor's inputs.
+"""Typed conversations: turns of text, audio, images and video.
 
 A :class:`Conversation` is immutable: adding a turn returns a new one, so a UI can keep
 the history of each session and nothing is shared by accident. Earlier assistant turns go
-back to the model as text (their speech is not re-encoded).
+back to the model as text (their speech is not re-encoded); :mod:`omni_app.prompt` turns
+a conversation into the model's inputs.
 """
 
 from __future__ import annotations
