@@ -129,7 +129,8 @@ def open_backend(args, warmup: bool = False, announce: bool = True):
         return backend
     from .engine.local import LocalBackend
 
-    config = ServiceConfig(model=args.model, device=args.device, dtype=args.dtype, engine=args.engine)
+    config = ServiceConfig(model=args.model, device=args.device, dtype=args.dtype, engine=args.engine,
+                           session_cache_mb=getattr(args, "session_cache_mb", ServiceConfig.session_cache_mb))
     if announce:
         print(f"omni_app: loading {config.model} ...", flush=True)
     backend = LocalBackend.from_config(config, args.voices_dir)
@@ -159,6 +160,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="weights precision (auto: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--engine", default=ENGINES[0], choices=list(ENGINES),
                         help="generation engine (default: %(default)s)")
+    parser.add_argument("--session-cache-mb", type=int, default=ServiceConfig.session_cache_mb,
+                        help="memory for the conversations' model caches, so that each turn runs only what is "
+                             "new (default: %(default)s; 0: off)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,10 @@ from omni_app.conversation import (
     Conversation,
     ImagePart,
     VideoPart,
-    build_inputs,
 )
 from omni_app.errors import RequestError
 from omni_app.media import load_audio, load_image, load_video
+from omni_app.prompt import build_inputs
 
 
 @pytest.fixture(scope="module")

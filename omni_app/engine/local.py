@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,9 @@ class LocalBackend:
 
     def stream(self, request: Request, cancel: CancelToken | None = None) -> Iterator[Event]:
         voice = self.service.voice(request.voice) if request.voice is not None else None
+        if not self._gpu.in_process:
+            # Each ZeroGPU call may land in a fresh worker process: nothing is kept per conversation.
+            request = replace(request, session=None)
         yield from self._gpu.stream(request, voice, cancel=cancel)
 
     def _generate(self, request: Request, voice: Voice | None, cancel=None):
@@ -121,7 +125,7 @@ class LocalBackend:
         return self.service.add_custom_voice(voice)
 
     def end_session(self, session: str) -> None:
-        pass  # nothing is kept per session yet
+        self.service.end_session(session)
 
     def inspect(self, conversation: Conversation, trace: Trace | None) -> Inspection:
         from .inspect import inspect

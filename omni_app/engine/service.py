@@ -15,16 +15,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from ..api import CancelToken, Request
 from ..config import GenerationLimits, ServiceConfig
-from ..conversation import Conversation, build_inputs
+from ..conversation import Conversation
 from ..errors import RequestError
 from ..events import AudioChunk, Done, Event, Notice, Stats, TextDelta
+from ..media_items import PromptMemo
+from ..prompt import PreparedInputs, build_inputs
 from ..voices import Voice
+from .budget import Dropped, fit_context
 from .common import Cancel, Engine, EngineResult, Job
 from .fifo import FifoLock
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
+from .sessions import CacheSlot, SessionState, SessionStates
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +45,15 @@ MAX_CUSTOM_VOICES = 256
 class ModelService:
     """A loaded model behind ``stream()``; generations are serialised by a lock."""
 
-    def __init__(self, loaded: LoadedModel, engine: Engine) -> None:
+    def __init__(self, loaded: LoadedModel, engine: Engine, session_cache_mb: int = ServiceConfig.session_cache_mb,
+                 context_tokens: int | None = None) -> None:
         self.loaded = loaded
         self.engine = engine
+        #: Per conversation: prompt memo and model caches (see :mod:`.sessions`).
+        self.sessions = SessionStates(session_cache_mb * 2**20)
+        self.reuse_cache = getattr(engine, "reuses_cache", False) and session_cache_mb > 0
+        #: Tokens a prompt and its reply may take together.
+        self.context_tokens = context_tokens or loaded.model.thinker.config.get_text_config().max_position_embeddings
         #: One generation at a time, first come first served.
         self._lock = FifoLock()
         #: Voices listed by name: the stock ones and saved custom ones.
@@ -89,7 +100,7 @@ class ModelService:
         from .loader import load_model
 
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)
-        return cls(loaded, make_engine(config))
+        return cls(loaded, make_engine(config), config.session_cache_mb, config.context_tokens)
 
     @property
     def voices(self) -> list[str]:
@@ -150,7 +161,12 @@ class ModelService:
                 warning = request.conversation.speech_prompt_warning()
                 if warning:
                     yield Notice(warning)
-            prepared = build_inputs(request.conversation, self.loaded.processor)
+            state = self.sessions.state(request.session) if request.session else None
+            prepared, notice = self._prepare(request, state)
+            if notice:
+                yield Notice(notice)
+            if state is not None and self.reuse_cache:
+                job = replace(job, slot=CacheSlot(self.sessions, request.session, state))
 
         closed = threading.Event()
         stop = Cancel(cancel, closed)
@@ -163,6 +179,25 @@ class ModelService:
         # engine returns, so a consumer that goes away never leaves the model locked, and a
         # worker still finishing its step never overlaps the next request.
         yield from self._run(job, prepared, stop, closed, started, queued)
+
+    def end_session(self, session: str) -> None:
+        """Forget what is kept for a conversation (its caches are freed)."""
+        self.sessions.end(session)
+
+    def _prepare(self, request: Request, state: SessionState | None) -> tuple[PreparedInputs, str | None]:
+        """The prompt, fitted to the context; and a notice when this turn left more of it out."""
+        memo = state.memo if state is not None else PromptMemo()
+
+        def prepare(conversation: Conversation) -> PreparedInputs:
+            return build_inputs(conversation, self.loaded.processor, memo)
+
+        before = state.dropped if state is not None else Dropped()
+        fit = fit_context(request.conversation, prepare(request.conversation), self.context_tokens,
+                          request.limits.max_new_tokens, prepare, before)
+        if state is not None:
+            state.dropped = fit.dropped
+        changed = fit.dropped != before and (fit.dropped.media or fit.dropped.turns)
+        return fit.prepared, fit.notice() if changed else None
 
     def _wait_for_turn(self, stop: Cancel) -> Iterator[Event]:
         """Wait for the model in arrival order; tell the caller its place while it waits.

@@ -39,15 +39,14 @@ def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1)
         gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
                     "speech while it is still being generated.")
         gr.Markdown(banner_text(app), elem_id="banner")
-        stores, pickers = [], []
+        pickers = []
         with gr.Tabs():
             for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
                                           ("image", "Image Q&A", image_qa)):
                 if tab_id not in tabs:
                     continue
                 with gr.Tab(title, id=tab_id):
-                    store, picker = module.build(app, GPU_QUEUE)
-                    stores.append(store)
+                    _, picker = module.build(app, GPU_QUEUE)
                     pickers.append(picker)
             if "tts" in tabs:
                 with gr.Tab("Voice cloning TTS", id="tts"):
@@ -61,9 +60,6 @@ def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1)
                 fn.concurrency_limit = concurrency
 
         def forget(request: gr.Request):
-            for store in stores:
-                for key in store.drop(request):
-                    app.backend.end_session(key)
             app.drop_session(request)
 
         demo.unload(forget)

@@ -24,7 +24,7 @@ EXAMPLES = [
 
 def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
-    sessions = SessionStore("image")
+    sessions = app.sessions.tab("image")
     voices = app.backend.voices()
     with gr.Row():
         with gr.Column(scale=2):

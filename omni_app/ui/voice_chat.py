@@ -17,7 +17,7 @@ from .widgets import live_microphone, reply_controls, reply_view
 
 def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
-    sessions = SessionStore("voice")
+    sessions = app.sessions.tab("voice")
     with gr.Row():
         with gr.Column(scale=3):
             chat, status, reply_audio = reply_view("voice")
