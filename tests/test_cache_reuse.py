@@ -126,12 +126,26 @@ def test_caches_stay_within_the_budget_and_go_at_session_end(service):
     assert off.sessions.nbytes == 0
 
 
+class _Elsewhere:
+    """Runs the GPU generator as ZeroGPU would: its arguments pickled, as in another process."""
+
+    in_process = False
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def stream(self, *args, cancel=None):
+        import pickle
+
+        yield from self.fn(*pickle.loads(pickle.dumps(args)))
+
+
 @pytest.mark.parametrize("in_process", [True, False])
 def test_local_backend_keeps_a_cache_only_in_its_own_process(service, in_process):
     fresh = ModelService(service.loaded, StreamingEngine())
     backend = LocalBackend(fresh)
     if not in_process:  # ZeroGPU: the generator runs in a process of its own
-        backend._in_process = False
+        backend._gpu = _Elsewhere(backend._gpu.fn)
     conversation = Conversation().add_user("Hi")
     list(backend.stream(Request(conversation, voice=None, limits=LIMITS, session="zg")))
     assert (fresh.sessions.nbytes > 0) == in_process
