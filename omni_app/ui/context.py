@@ -11,7 +11,9 @@ from ..config import GenerationLimits, MediaLimits
 from ..conversation import Conversation
 from ..errors import RequestError
 from ..events import Done
+from ..vad import VadOptions
 from .session import session_key
+from .speech import SpeechStore
 
 #: Browser sessions whose last reply and own voices are kept (API clients never unload).
 MAX_SESSIONS = 500
@@ -29,10 +31,14 @@ class AppContext:
     """The backend and the app-wide settings, plus the little the app keeps per session."""
 
     def __init__(self, backend: Backend, limits: GenerationLimits = GenerationLimits(),
-                 media: MediaLimits = MediaLimits()) -> None:
+                 media: MediaLimits = MediaLimits(), vad: VadOptions = VadOptions()) -> None:
         self.backend = backend
         self.limits = limits
         self.media = media
+        #: Turn-taking defaults (the chat tabs let each user change the end-of-turn pause).
+        self.vad = vad
+        #: Replies' speech on its way to the page, and the WAV files written of it.
+        self.speech = SpeechStore()
         self._lock = threading.Lock()
         #: Per session: the voices it made (shown name -> (id the backend knows it by, base voice)).
         self._voices: OrderedDict[str, dict[str, tuple[str, str]]] = OrderedDict()
@@ -78,9 +84,11 @@ class AppContext:
         return self._last.get(session_key(request))
 
     def drop_session(self, request) -> None:
+        """The browser session ended: forget its voices and last reply, remove its files."""
         with self._lock:
             self._voices.pop(session_key(request), None)
             self._last.pop(session_key(request), None)
+        self.speech.drop_session(session_key(request))
 
     @property
     def sessions(self) -> int:

@@ -3,7 +3,7 @@
 The microphone keeps streaming. A CPU handler runs voice activity detection per session;
 when the user pauses it queues the utterance and bumps a hidden counter whose change
 starts the reply. When the user starts speaking while a reply runs, the reply is stopped
-and the browser's player paused (barge-in).
+and the page's speech player silenced (barge-in).
 """
 
 from __future__ import annotations
@@ -13,28 +13,39 @@ import time
 
 import gradio as gr
 
-from ..vad import SpeechStarted, TurnDetector, TurnEnded
+from ..vad import MIN_SILENCE_RANGE, SpeechStarted, TurnDetector, TurnEnded, VadOptions
 from .session import ChatSession
 
 log = logging.getLogger(__name__)
 
-#: Pauses every audio element of the page (run in the browser on barge-in and Stop).
-PAUSE_AUDIO_JS = "() => { document.querySelectorAll('audio').forEach((a) => a.pause()); }"
+#: Seconds of microphone audio per chunk sent to the server. Voice activity detection can
+#: only decide when a chunk arrives, so a chunk adds up to its length to the end of every
+#: turn; 0.1 s is gradio's smallest practical size (each chunk is one upload and one event).
+MIC_CHUNK_SECONDS = 0.1
 
 
-def feed_microphone(session: ChatSession, chunk) -> tuple:
+def silence_slider(options: VadOptions) -> gr.Slider:
+    """The user's end-of-turn pause, starting at the app's default."""
+    low, high = MIN_SILENCE_RANGE
+    return gr.Slider(low, high, value=options.min_silence_ms, step=50, label="Pause that ends your turn (ms)",
+                     info="Shorter answers sooner; longer lets you pause mid-sentence without being cut off.")
+
+
+def feed_microphone(session: ChatSession, chunk, options: VadOptions, silence_ms=None) -> tuple:
     """Handle one microphone chunk. Returns updates for (turn counter, barge-in counter)."""
     if chunk is None:
         return gr.skip(), gr.skip()
     sample_rate, samples = chunk
     with session.lock:
         if session.detector is None:
-            session.detector = TurnDetector()
+            session.detector = TurnDetector(options)
+        if silence_ms is not None:
+            session.detector.set_min_silence(int(silence_ms))
         events = session.detector.feed(sample_rate, samples)
     turn, barge = gr.skip(), gr.skip()
     for event in events:
         if isinstance(event, SpeechStarted):
-            # Barge-in: stop a reply still being generated, and pause one still playing
+            # Barge-in: stop a reply still being generated, and silence one still playing
             # (generation usually finishes long before playback does).
             session.cancel_reply()
             barge = time.time()
