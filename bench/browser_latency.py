@@ -92,6 +92,20 @@ def sound_spans(changes: list[dict], start: float, end: float) -> list[tuple[flo
     return [(max(a, start), min(b, end)) for a, b in spans if b > start and a < end]
 
 
+def start_microphone(page, tries: int = 4) -> None:
+    """Press Record until the microphone streams (a click while the page still loads is lost)."""
+    from playwright.sync_api import TimeoutError
+
+    for _ in range(tries):
+        try:
+            with page.expect_request(lambda r: "/gradio_api/stream/" in r.url, timeout=30000):
+                page.locator("#voice-mic .record-button").click()
+            return
+        except TimeoutError:
+            continue
+    raise SystemExit("the microphone did not start streaming")
+
+
 def run_turns(url: str, log: Path, workdir: Path, turns: int, timeout_s: float) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
@@ -112,8 +126,7 @@ def run_turns(url: str, log: Path, workdir: Path, turns: int, timeout_s: float) 
         page = context.new_page()
         page.goto(url)
         page.wait_for_selector("#voice-chat", timeout=120000)
-        with page.expect_request(lambda r: "/gradio_api/stream/" in r.url, timeout=120000):
-            page.locator("#voice-mic .record-button, #voice-mic button:has-text('Record')").first.click()
+        start_microphone(page)
         time.sleep(1.0)
         for k, wav in enumerate(said_wavs):
             decided = len(log_times(log, "turn ended"))

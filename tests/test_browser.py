@@ -92,8 +92,17 @@ def page(browser, live_app):
 
 
 def start_microphone(page, prefix: str) -> None:
-    with page.expect_request(lambda r: "/gradio_api/stream/" in r.url, timeout=60000):
-        page.locator(f"#{prefix}-mic .record-button").click()
+    """Press Record until the microphone streams (a click while the page still loads is lost)."""
+    from playwright.sync_api import TimeoutError
+
+    for _ in range(3):
+        try:
+            with page.expect_request(lambda r: "/gradio_api/stream/" in r.url, timeout=30000):
+                page.locator(f"#{prefix}-mic .record-button").click()
+            return
+        except TimeoutError:
+            continue
+    pytest.fail("the microphone never started streaming")
 
 
 def say(page, wav_b64: str) -> dict:
