@@ -343,3 +343,12 @@ def test_speech_files_go_when_the_browser_session_ends(app, context, media_dir):
     assert len(kept) == 2 and all(p.is_file() for p in kept)
     app["forget"](session("files"))
     assert store.files("files") == [] and not any(p.exists() for p in kept)
+
+
+def test_no_speaking_tab_streams_audio_through_gradio(app, context):
+    """Speech reaches the page only through the Web Audio players: no streaming gr.Audio output (HLS/AAC)."""
+    demo = build_app(context)
+    outputs = [block for fn in demo.fns.values() for block in fn.outputs]
+    assert not [b for b in outputs if isinstance(b, gr.Audio) and b.streaming]
+    players = {b.elem_id for b in outputs if isinstance(b, gr.HTML) and (b.elem_id or "").endswith("-speech")}
+    assert players == {"voice-speech", "video-speech", "image-speech", "tts-speech"}

@@ -93,17 +93,18 @@
   new MutationObserver(() => document.querySelectorAll("audio").forEach(routeMedia))
     .observe(document, { subtree: true, childList: true });
 
-  // The microphone the test speaks into.
+  // The microphone the test speaks into: every getUserMedia gets its own stream (a page may
+  // stop the tracks it got), all fed by one mixer that recordings are played into.
   let mic = null;
   const realGetUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
   const microphone = () => {
     if (!mic) {
       const ctx = new AudioContext({ sampleRate: 48000 });
-      mic = { ctx, out: ctx.createMediaStreamDestination() };
-      // A silent source keeps the track delivering audio between the recordings.
+      mic = { ctx, mixer: ctx.createGain() };
+      // A silent source keeps the streams delivering audio between the recordings.
       const silence = ctx.createConstantSource();
       silence.offset.value = 0;
-      connect.call(silence, mic.out);
+      connect.call(silence, mic.mixer);
       silence.start();
       ctx.resume();
     }
@@ -111,15 +112,17 @@
   };
   navigator.mediaDevices.getUserMedia = async (constraints) => {
     if (!probe.fakeMic || !constraints || !constraints.audio) return realGetUserMedia(constraints);
-    const { out } = microphone();
-    const tracks = out.stream.getAudioTracks().map((track) => track.clone());
+    const { ctx, mixer } = microphone();
+    const out = ctx.createMediaStreamDestination();
+    connect.call(mixer, out);
+    const tracks = out.stream.getAudioTracks();
     if (constraints.video) tracks.push(...(await realGetUserMedia({ video: constraints.video })).getVideoTracks());
     return new MediaStream(tracks);
   };
   /** The number of a tapped context (its sound events carry it). */
   probe.tapOf = (ctx) => (ctx ? ctx.__tap : null);
   probe.say = async (b64) => {
-    const { ctx, out } = microphone();
+    const { ctx, mixer } = microphone();
     await ctx.resume();
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
     const buffer = await ctx.decodeAudioData(bytes.buffer);
@@ -128,7 +131,7 @@
     while (last > 0 && Math.abs(samples[last]) < 0.01) last--;
     const source = ctx.createBufferSource();
     source.buffer = buffer;
-    connect.call(source, out);
+    connect.call(source, mixer);
     const start = ctx.currentTime + 0.05;
     source.start(start);
     const startsAt = wall(ctx, start);
