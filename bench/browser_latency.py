@@ -93,16 +93,20 @@ def sound_spans(changes: list[dict], start: float, end: float) -> list[tuple[flo
 
 
 def start_microphone(page, tries: int = 4) -> None:
-    """Press Record until the microphone streams (a click while the page still loads is lost)."""
+    """Press Record until the microphone streams (a Record pressed before gradio's recorder
+    has loaded shows Stop but records nothing: it is stopped and pressed again)."""
     from playwright.sync_api import TimeoutError
 
+    # The live microphone (the old app had one in the voice chat tab).
+    mic = page.locator("#live-mic, #voice-mic").first
     for _ in range(tries):
         try:
-            with page.expect_request(lambda r: "/gradio_api/stream/" in r.url, timeout=30000):
-                page.locator("#voice-mic .record-button").click()
+            with page.expect_request(lambda r: "/gradio_api/stream/" in r.url, timeout=15000):
+                mic.locator(".record-button").click()
             return
         except TimeoutError:
-            continue
+            if mic.locator(".stop-button").count():
+                mic.locator(".stop-button").click()
     raise SystemExit("the microphone did not start streaming")
 
 

@@ -148,7 +148,7 @@ def speech_chunks(tmp_path, text: str, pause_s: float = 1.5):
 def test_voice_turn_by_voice_activity(app, tmp_path):
     turns = []
     for chunk in speech_chunks(tmp_path, "What is the weather like today?"):
-        turn, _ = app["on_mic"](chunk, None, session("vad"))
+        turn, _ = app["on_mic"](chunk, None, "voice", session("vad"))[:2]
         if not isinstance(turn, dict):
             turns.append(turn)
     assert turns == [1]
@@ -160,17 +160,25 @@ def test_voice_turn_by_voice_activity(app, tmp_path):
 def test_speaking_during_a_reply_stops_it(app, tmp_path):
     chunks = speech_chunks(tmp_path, "Tell me a story please.")
     for chunk in chunks:
-        app["on_mic"](chunk, None, session("barge"))
+        app["on_mic"](chunk, None, "voice", session("barge"))
     reply = app["reply_to_turn"]("Chelsie", True, session("barge"))
     next(reply)  # the reply has started
     barged = None
     for chunk in chunks:
-        _, barge = app["on_mic"](chunk, None, session("barge"))
+        _, barge = app["on_mic"](chunk, None, "voice", session("barge"))[:2]
         if not isinstance(barge, dict):
             barged = barge
     assert barged is not None
     rest = list(reply)
     assert "stopped" in [s for _, _, s, _ in rest if isinstance(s, str)][-1]
+
+
+def test_the_one_microphone_talks_to_the_chat_tab_on_show(app, tmp_path):
+    chunks = speech_chunks(tmp_path, "Which tab am I in?")
+    for tab, index in (("video", 2), ("voice", 0), ("image", None)):
+        heard = [app["on_mic"](chunk, None, tab, session(f"route-{tab}")) for chunk in chunks]
+        bumped = {k for updates in heard for k, update in enumerate(updates) if not isinstance(update, dict)}
+        assert bumped == ({index, index + 1} if index is not None else set()), tab
 
 
 def test_video_turn_uses_webcam_frames(app, tmp_path, media_dir):
@@ -182,7 +190,7 @@ def test_video_turn_uses_webcam_frames(app, tmp_path, media_dir):
     for chunk in speech_chunks(tmp_path, "What do you see?"):
         for frame in clip.frames[:1]:
             app["on_frame"](frame, session("cam"))
-        app["video_on_mic"](chunk, None, session("cam"))
+        app["on_mic"](chunk, None, "video", session("cam"))
     chats, audio, _ = collect(app["video_reply_to_turn"]("Chelsie", True, session("cam")))
     assert chats[-1][0]["content"].startswith("(video")
     assert audio
@@ -238,14 +246,14 @@ def test_clear_during_a_reply_keeps_the_history_cleared(app):
 
 def test_stop_drops_spoken_turns_still_waiting(app, tmp_path):
     for chunk in speech_chunks(tmp_path, "Are you there?"):
-        app["on_mic"](chunk, None, session("stopq"))
+        app["on_mic"](chunk, None, "voice", session("stopq"))
     app["on_stop"](session("stopq"))
     assert list(app["reply_to_turn"]("Chelsie", True, session("stopq"))) == []
 
 
 def test_speaking_while_a_finished_reply_plays_pauses_it(app, tmp_path):
     collect(app["reply_to_text"]("Say something", "Chelsie", True, request=session("late")))
-    barges = [app["on_mic"](c, None, session("late"))[1] for c in speech_chunks(tmp_path, "Wait a moment.")]
+    barges = [app["on_mic"](c, None, "voice", session("late"))[1] for c in speech_chunks(tmp_path, "Wait a moment.")]
     assert any(not isinstance(b, dict) for b in barges)
 
 
@@ -301,7 +309,7 @@ def test_status_counts_from_the_moment_the_browser_sent_the_turn(app):
 
 def test_a_spoken_turn_tells_the_page_when_it_ended(app, tmp_path):
     for chunk in speech_chunks(tmp_path, "How are you today?"):
-        app["on_mic"](chunk, None, session("ago"))
+        app["on_mic"](chunk, None, "voice", session("ago"))
     time.sleep(0.3)
     outputs = list(app["reply_to_turn"]("Chelsie", False, session("ago")))
     head = json.loads(outputs[0][1].split("\n")[0])
@@ -325,11 +333,12 @@ def test_the_end_of_turn_pause_is_a_setting(app, tmp_path):
     turns = {}
     for pause_ms in (400, 1200):
         name = f"pause{pause_ms}"
-        turns[pause_ms] = sum(not isinstance(app["on_mic"](c, pause_ms, session(name))[0], dict) for c in chunks)
+        heard = [app["on_mic"](c, pause_ms, "voice", session(name)) for c in chunks]
+        turns[pause_ms] = sum(not isinstance(turn, dict) for turn, *_ in heard)
         app["on_clear"](session(name))
     assert turns == {400: 2, 1200: 1}
     with pytest.raises(gr.Error, match="between 100 and 2000 ms"):
-        app["on_mic"](chunks[0], 20, session("pause-bad"))
+        app["on_mic"](chunks[0], 20, "voice", session("pause-bad"))
 
 
 def test_speech_files_go_when_the_browser_session_ends(app, context, media_dir):

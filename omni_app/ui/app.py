@@ -6,6 +6,7 @@ import gradio as gr
 
 from . import image_qa, inside_tab, video_chat, voice_chat, voice_clone
 from .context import AppContext
+from .mic import LiveMicrophone
 
 #: All model work shares one queue: one GPU never runs two generations at once.
 GPU_QUEUE = "model"
@@ -31,18 +32,23 @@ def build_app(app: AppContext) -> gr.Blocks:
         gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
                     "speech while it is still being generated.")
         gr.Markdown(banner_text(app), elem_id="banner")
-        stores, pickers = [], []
+        live = LiveMicrophone(app.vad)
+        stores, pickers, tabs = [], [], {}
         with gr.Tabs():
-            for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
-                                          ("image", "Image Q&A", image_qa)):
-                with gr.Tab(title, id=tab_id):
-                    store, picker = module.build(app, GPU_QUEUE)
+            for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat)):
+                with gr.Tab(title, id=tab_id) as tabs[tab_id]:
+                    store, picker = module.build(app, GPU_QUEUE, live)
                     stores.append(store)
                     pickers.append(picker)
-            with gr.Tab("Voice cloning TTS", id="tts"):
+            with gr.Tab("Image Q&A", id="image") as tabs["image"]:
+                store, picker = image_qa.build(app, GPU_QUEUE)
+                stores.append(store)
+                pickers.append(picker)
+            with gr.Tab("Voice cloning TTS", id="tts") as tabs["tts"]:
                 voice_clone.build(app, GPU_QUEUE, pickers)
-            with gr.Tab("Inside the model", id="inside"):
+            with gr.Tab("Inside the model", id="inside") as tabs["inside"]:
                 inside_tab.build(app, GPU_QUEUE)
+        live.wire(tabs, first="voice")
 
         def forget(request: gr.Request):
             for store in stores:

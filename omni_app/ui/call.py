@@ -2,8 +2,8 @@
 
 gradio starts a webcam stream and a microphone stream only from their own buttons, so the
 call buttons press those in the page: grant the webcam, start its stream, start the
-microphone; and to end, stop both and silence the reply. The buttons are found by their
-classes and titles, not their (translated) labels.
+page's live microphone (above the tabs); and to end, stop both and silence the reply.
+The buttons are found by their classes and titles, not their (translated) labels.
 """
 
 #: Run in the page by "Start call". Also opens the page's audio (a user gesture is needed).
@@ -19,7 +19,7 @@ async () => {
   };
   if (window.OmniSpeech) OmniSpeech.open();
   const camera = document.getElementById("video-camera");
-  const mic = document.getElementById("video-mic");
+  const mic = document.getElementById("live-mic");
   const grant = camera.querySelector('[title="grant webcam access"] button');
   if (grant) grant.click();
   const capture = await until(() => camera.querySelector(".capture-button"));
@@ -33,7 +33,7 @@ async () => {
 END_CALL_JS = """
 () => {
   if (window.OmniSpeech) OmniSpeech.stop("video");
-  const stop = document.querySelector("#video-mic .stop-button");
+  const stop = document.querySelector("#live-mic .stop-button");
   if (stop) stop.click();
   const capture = document.querySelector("#video-camera .capture-button");
   if (capture && capture.querySelector('[title="stop recording"]')) capture.click();

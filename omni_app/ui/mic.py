@@ -1,9 +1,11 @@
 """Microphone turn-taking shared by the voice and video chat tabs.
 
-The microphone keeps streaming. A CPU handler runs voice activity detection per session;
-when the user pauses it queues the utterance and bumps a hidden counter whose change
-starts the reply. When the user starts speaking while a reply runs, the reply is stopped
-and the page's speech player silenced (barge-in).
+The page has one live microphone (gradio 6 runs only one streaming microphone per page:
+a second one fails to start its recorder), above the tabs; its turns go to the chat tab
+on show. The microphone keeps streaming. A CPU handler runs voice activity detection per
+session; when the user pauses it queues the utterance and bumps that tab's hidden counter
+whose change starts the reply. When the user starts speaking while a reply runs, the
+reply is stopped and the page's speech player silenced (barge-in).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import time
 import gradio as gr
 
 from ..vad import MIN_SILENCE_RANGE, SpeechStarted, TurnDetector, TurnEnded, VadOptions
-from .session import ChatSession
+from .errors import shown
+from .session import ChatSession, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +30,46 @@ log = logging.getLogger(__name__)
 MIC_CHUNK_SECONDS = 0.1
 
 
-def silence_slider(options: VadOptions) -> gr.Slider:
-    """The user's end-of-turn pause, starting at the app's default."""
-    low, high = MIN_SILENCE_RANGE
-    return gr.Slider(low, high, value=options.min_silence_ms, step=50, label="Pause that ends your turn (ms)",
-                     info="Shorter answers sooner; longer lets you pause mid-sentence without being cut off.")
+class LiveMicrophone:
+    """The page's streaming microphone, the user's end-of-turn pause, and where turns go."""
+
+    def __init__(self, options: VadOptions) -> None:
+        self.options = options
+        low, high = MIN_SILENCE_RANGE
+        with gr.Row(equal_height=True):
+            self.mic = gr.Audio(sources=["microphone"], streaming=True, elem_id="live-mic", scale=3,
+                                label="Microphone for voice and video chat: press Record once, then speak and pause")
+            self.silence = gr.Slider(low, high, value=options.min_silence_ms, step=50, scale=2,
+                                     label="Pause that ends your turn (ms)", elem_id="live-pause",
+                                     info="Shorter answers sooner; longer lets you pause mid-sentence.")
+        self._routes: dict[str, tuple[SessionStore, gr.Number, gr.Number]] = {}
+
+    def route(self, tab: str, sessions: SessionStore) -> tuple[gr.Number, gr.Number]:
+        """Turns heard while tab ``tab`` is shown go to its sessions: the hidden counters its
+        turns and barge-ins bump (made here, in the tab's layout)."""
+        turn, barge = gr.Number(value=0, visible="hidden"), gr.Number(value=0, visible="hidden")
+        self._routes[tab] = (sessions, turn, barge)
+        return turn, barge
+
+    def wire(self, tabs: dict[str, gr.Tab], first: str) -> None:
+        """Follow the tab on show (``first`` at load) and run turn-taking on the microphone."""
+        shown_tab = gr.State(first)
+        for tab_id, tab in tabs.items():
+            tab.select(lambda tab_id=tab_id: tab_id, outputs=[shown_tab], queue=False, api_visibility="private")
+        routes = list(self._routes.items())
+        outputs = [block for _, (_, turn, barge) in routes for block in (turn, barge)]
+
+        @shown
+        def on_mic(chunk, silence_ms, tab, request: gr.Request):
+            updates = [gr.skip()] * len(outputs)
+            for k, (tab_id, (sessions, _, _)) in enumerate(routes):
+                if tab_id == tab:
+                    updates[2 * k:2 * k + 2] = feed_microphone(sessions.get(request), chunk, self.options, silence_ms)
+            return updates
+
+        self.mic.stream(on_mic, inputs=[self.mic, self.silence, shown_tab], outputs=outputs,
+                        stream_every=MIC_CHUNK_SECONDS, concurrency_limit=None, show_progress="hidden",
+                        api_visibility="private")
 
 
 def feed_microphone(session: ChatSession, chunk, options: VadOptions, silence_ms=None) -> tuple:

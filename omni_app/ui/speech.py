@@ -11,6 +11,7 @@ for the replay player and the download: exactly the samples that were streamed.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import shutil
@@ -95,6 +96,7 @@ class SpeechStore:
 
         self.folder = Path(tempfile.mkdtemp(prefix="omni-speech-"))
         gr.set_static_paths([self.folder])
+        atexit.register(shutil.rmtree, self.folder, True)  # in case close() is never called
         self.files_per_tab = files_per_tab
         self.max_files = max_files
         self.keep_seconds = keep_seconds

@@ -10,18 +10,19 @@ from ..media import frames_to_clip, smart_resize, video_frame_pixels
 from .call import END_CALL_JS, START_CALL_JS
 from .context import AppContext
 from .errors import shown
-from .mic import MIC_CHUNK_SECONDS, feed_microphone, take_turn
+from .mic import LiveMicrophone, take_turn
 from .player import stop_js
 from .reply import TurnEnd, run_reply
 from .session import ChatSession, SessionStore
-from .widgets import live_microphone, reply_controls, reply_view
+from .widgets import reply_controls, reply_view
 
 #: Frames from slightly before the speech started belong to the turn too.
 LEAD_SECONDS = 0.5
 
 
-def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
-    """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[SessionStore, gr.Dropdown]:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events; turns heard by
+    the ``live`` microphone while the tab is shown are answered here."""
     sessions = SessionStore("video")
     with gr.Row():
         with gr.Column(scale=2):
@@ -30,7 +31,7 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
                 end_call = gr.Button("End call", variant="stop", elem_id="video-end-call")
             camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
                               elem_id="video-camera")
-            mic, silence, turn, barge = live_microphone("video", app)
+            turn, barge = live.route("video", sessions)
             preview = gr.Image(label="What the model sees (2 frames per second, model resolution)",
                                interactive=False, elem_id="video-preview")
         with gr.Column(scale=3):
@@ -44,10 +45,6 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         session = sessions.get(request)
         session.add_frame(frame)
         return model_view(frame, app)
-
-    @shown
-    def video_on_mic(chunk, silence_ms, request: gr.Request):
-        return feed_microphone(sessions.get(request), chunk, app.vad, silence_ms)
 
     @shown
     def video_reply_to_turn(voice_name, speak_on, request: gr.Request):
@@ -81,8 +78,6 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     outputs = [chat, speech, status, replay]
     camera.stream(on_frame, inputs=[camera], outputs=[preview], stream_every=0.5, concurrency_limit=None,
                   show_progress="hidden", api_visibility="private")
-    mic.stream(video_on_mic, inputs=[mic, silence], outputs=[turn, barge], stream_every=MIC_CHUNK_SECONDS,
-               concurrency_limit=None, show_progress="hidden", api_visibility="private")
     barge.change(None, js=stop_js("video"))
     by_voice = turn.change(video_reply_to_turn, inputs=[voice, speak], outputs=outputs, concurrency_limit=1,
                            concurrency_id=gpu_queue, show_progress_on=[chat], api_visibility="private")

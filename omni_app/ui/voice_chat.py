@@ -9,31 +9,29 @@ from ..errors import RequestError
 from ..media import audio_from_array
 from .context import AppContext
 from .errors import shown
-from .mic import MIC_CHUNK_SECONDS, feed_microphone, take_turn
+from .mic import LiveMicrophone, take_turn
 from .player import STAMP_JS, stop_js
 from .reply import TurnEnd, run_reply
 from .session import SessionStore
-from .widgets import live_microphone, reply_controls, reply_view, turn_stamp
+from .widgets import reply_controls, reply_view, turn_stamp
 
 
-def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
-    """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[SessionStore, gr.Dropdown]:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events; turns heard by
+    the ``live`` microphone while the tab is shown are answered here."""
     sessions = SessionStore("voice")
     with gr.Row():
         with gr.Column(scale=3):
             chat, status, speech, replay = reply_view("voice", app)
         with gr.Column(scale=2):
-            mic, silence, turn, barge = live_microphone("voice", app)
+            turn, barge = live.route("voice", sessions)
+            gr.Markdown("Press **Record** on the microphone above once, then talk and pause.")
             with gr.Accordion("Push to talk", open=False):
                 recording = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Record, then send")
                 send_recording = gr.Button("Send recording")
             text = gr.Textbox(label="Or type", placeholder="Type a message and press Enter", elem_id="voice-text")
             voice, speak, stop, clear = reply_controls("voice", app.backend.voices())
             stamp = turn_stamp()
-
-    @shown
-    def on_mic(chunk, silence_ms, request: gr.Request):
-        return feed_microphone(sessions.get(request), chunk, app.vad, silence_ms)
 
     @shown
     def reply_to_turn(voice_name, speak_on, request: gr.Request):
@@ -74,8 +72,6 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
 
     outputs = [chat, speech, status, replay]
     common = dict(outputs=outputs, concurrency_limit=1, concurrency_id=gpu_queue, show_progress_on=[chat])
-    mic.stream(on_mic, inputs=[mic, silence], outputs=[turn, barge], stream_every=MIC_CHUNK_SECONDS,
-               concurrency_limit=None, show_progress="hidden", api_visibility="private")
     barge.change(None, js=stop_js("voice"))
     by_voice = turn.change(reply_to_turn, inputs=[voice, speak], api_visibility="private", **common)
     by_text = text.submit(reply_to_text, inputs=[text, voice, speak, stamp], js=STAMP_JS, api_name="voice_chat_text",

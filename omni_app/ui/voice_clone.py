@@ -8,7 +8,7 @@ import time
 import gradio as gr
 
 from ..api import CancelToken, Request
-from ..errors import RequestError
+from ..errors import OmniError, RequestError
 from ..events import AudioChunk, Done
 from ..media import audio_from_array
 from .context import AppContext
@@ -106,6 +106,10 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
                     reply.finish()
                     wav = app.speech.save_wav(key, "tts", reply)
                     yield reply.value, format_status(event, requested - turn.at), wav, wav
+        except Exception as exc:
+            # The page's player plays out what came and stops waiting; the error is shown by `shown`.
+            yield reply.finish(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The speech failed.", None, None
+            raise
         finally:
             if cancels.get(key) is cancel:
                 cancels.pop(key, None)

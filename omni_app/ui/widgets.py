@@ -5,7 +5,6 @@ from __future__ import annotations
 import gradio as gr
 
 from .context import AppContext
-from .mic import silence_slider
 from .player import replay_player, speech_player
 
 
@@ -26,15 +25,6 @@ def reply_controls(prefix: str, voices: list[str]) -> tuple[gr.Dropdown, gr.Chec
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
         clear = gr.Button("Clear")
     return voice, speak, stop, clear
-
-
-def live_microphone(prefix: str, app: AppContext) -> tuple[gr.Audio, gr.Slider, gr.Number, gr.Number]:
-    """A streaming microphone, the user's end-of-turn pause, and the hidden counters its
-    turns and barge-ins bump."""
-    mic = gr.Audio(sources=["microphone"], streaming=True, label="Microphone: speak, then pause",
-                   elem_id=f"{prefix}-mic")
-    silence = silence_slider(app.vad)
-    return mic, silence, gr.Number(value=0, visible="hidden"), gr.Number(value=0, visible="hidden")
 
 
 def turn_stamp() -> gr.Number:
