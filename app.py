@@ -9,7 +9,7 @@ import signal
 import sys
 
 from omni_app.cli import add_backend_options, open_backend, quiet_libraries
-from omni_app.config import GenerationLimits, MediaLimits
+from omni_app.config import TABS, GenerationLimits, MediaLimits, check_tabs
 from omni_app.errors import OmniError
 from omni_app.vad import VadOptions
 
@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
+    parser.add_argument("--tabs", default=",".join(TABS),
+                        help="the tabs to show, comma-separated, among %(default)s (default: all)")
     return parser.parse_args(argv)
 
 
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
     try:
         limits = GenerationLimits(max_new_tokens=args.max_new_tokens, max_speech_seconds=args.max_speech_seconds)
         vad = VadOptions(min_silence_ms=args.vad_silence_ms)
+        tabs = check_tabs(args.tabs.split(","), "--tabs")
         backend = open_backend(args, warmup=not args.no_warmup)
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
     from omni_app.ui.context import AppContext
 
     context = AppContext(backend, limits, MediaLimits(), vad)
-    demo = build_app(context)
+    demo = build_app(context, tabs=tabs)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     # A plain `kill` ends the app through the `finally` below, which removes its speech files.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

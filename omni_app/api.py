@@ -72,6 +72,8 @@ class BackendInfo:
     model: str
     #: One line for the page's banner: model, device, engine or server.
     description: str
+    #: The generation engine (``streaming``, ``reference``; a server's for a remote model).
+    engine: str = ""
     #: The tiny random test model: its replies are noise (the app says so).
     is_tiny: bool = False
     #: Whether :meth:`Backend.inspect` works (it needs the model's weights in this process).

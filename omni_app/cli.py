@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import ENGINES, GenerationLimits, MediaLimits, ServiceConfig
 from .errors import OmniError
+from .space import commands as space_commands
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -61,7 +62,42 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--max-speech-seconds", type=float, default=GenerationLimits.max_speech_seconds,
                      help="longest speech per sentence in seconds (default: %(default)s)")
     say.add_argument("--out", type=Path, required=True, metavar="WAV", help="where to write the speech")
+
+    serve = sub.add_parser(
+        "serve", help="serve the model over an OpenAI-compatible HTTP API",
+        description="Load the model once and serve /v1/chat/completions (text and speech, streamed), "
+                    "/v1/audio/speech, /v1/models and /health.",
+    )
+    add_serve_options(serve)
+    space_commands.add_parser(sub)
     return parser
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` command's options: a model (or a server to relay), where to listen, what to accept."""
+    add_model_options(parser)
+    parser.add_argument("--voices-dir", type=Path, help="folder of custom voices: loaded at start; voices made "
+                        "through the API with save=true are written there")
+    parser.add_argument("--host", default=os.environ.get("OMNI_APP_HOST", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 for every interface; then set an API key)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("OMNI_APP_PORT", 8000)))
+    parser.add_argument("--api-key", default=os.environ.get("OMNI_APP_API_KEY"),
+                        help="clients must send 'Authorization: Bearer KEY' (default: $OMNI_APP_API_KEY; none: open)")
+    parser.add_argument("--max-new-tokens", type=int, default=GenerationLimits.max_new_tokens,
+                        help="longest reply in text tokens a client may ask for (default: %(default)s)")
+    parser.add_argument("--max-speech-seconds", type=float, default=GenerationLimits.max_speech_seconds,
+                        help="longest spoken reply a client may ask for (default: %(default)s)")
+    parser.add_argument("--max-body-mb", type=float, help="largest request in MB (default: room for the longest "
+                        "audio or video the media limits allow)")
+    parser.add_argument("--max-active", type=int, default=32, help="requests in progress at once (generating or "
+                        "waiting for the model); more get HTTP 429 (default: %(default)s)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
+    relay = parser.add_argument_group("relay another server (instead of loading a model here)")
+    relay.add_argument("--backend", metavar="URL", help="serve the model of this server (ours, or vLLM-Omni)")
+    relay.add_argument("--dialect", choices=["auto", "openai", "vllm-omni"], default="auto",
+                       help="how that server streams speech (default: ask it, else openai)")
+    relay.add_argument("--backend-api-key", default=os.environ.get("OMNI_APP_BACKEND_API_KEY"),
+                       help="bearer token for that server (default: $OMNI_APP_BACKEND_API_KEY)")
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +129,8 @@ def open_backend(args, warmup: bool = False, announce: bool = True):
         return backend
     from .engine.local import LocalBackend
 
-    config = ServiceConfig(model=args.model, device=args.device, dtype=args.dtype, engine=args.engine)
+    config = ServiceConfig(model=args.model, device=args.device, dtype=args.dtype, engine=args.engine,
+                           session_cache_mb=getattr(args, "session_cache_mb", ServiceConfig.session_cache_mb))
     if announce:
         print(f"omni_app: loading {config.model} ...", flush=True)
     backend = LocalBackend.from_config(config, args.voices_dir)
@@ -123,6 +160,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="weights precision (auto: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--engine", default=ENGINES[0], choices=list(ENGINES),
                         help="generation engine (default: %(default)s)")
+    parser.add_argument("--session-cache-mb", type=int, default=ServiceConfig.session_cache_mb,
+                        help="memory for the conversations' model caches, so that each turn runs only what is "
+                             "new (default: %(default)s; 0: off)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             return _chat(args)
         if args.command == "say":
             return _say(args)
+        if args.command == "serve":
+            from .serve.command import run
+
+            return run(args, open_backend)
+        if args.command == "space":
+            return space_commands.run(args)
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -7,6 +7,21 @@ from dataclasses import dataclass
 from .errors import RequestError
 
 ENGINES = ("streaming", "reference")
+#: The web app's tabs, in the order they are shown: voice chat, video chat, image Q&A,
+#: voice-cloning TTS and "inside the model".
+TABS = ("voice", "video", "image", "tts", "inside")
+
+
+def check_tabs(tabs, field: str = "tabs") -> tuple[str, ...]:
+    """``tabs`` (ids from :data:`TABS`) as a tuple; raises an error that names ``field`` otherwise."""
+    tabs = tuple(str(t).strip() for t in tabs if str(t).strip())
+    unknown = [t for t in tabs if t not in TABS]
+    if unknown or not tabs:
+        found = f"unknown tab(s) {', '.join(map(repr, unknown))}" if unknown else "no tab given"
+        raise RequestError(f"{field}: {found}; choose among {', '.join(TABS)}.")
+    if len(set(tabs)) != len(tabs):
+        raise RequestError(f"{field}: a tab is listed twice ({', '.join(tabs)}).")
+    return tabs
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,12 @@ class ServiceConfig:
     #: A small first chunk starts the audio early; larger ones cut the context overhead.
     chunk_blocks: tuple[int, ...] = (3, 3, 6, 12)
     media: MediaLimits = MediaLimits()
+    #: Memory for the conversations' caches (streaming engine): each keeps the model's KV
+    #: cache of its last prompt and reply, so the next turn runs only what is new. The least
+    #: recently used are dropped beyond this; 0 turns the reuse off.
+    session_cache_mb: int = 4096
+    #: Tokens a prompt plus its reply may take; ``None``: the Thinker's ``max_position_embeddings``.
+    context_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -85,3 +106,7 @@ class ServiceConfig:
             raise RequestError("chunk_blocks must be a non-empty list of positive block counts")
         if not self.model:
             raise RequestError("model must name a checkpoint, a folder or 'tiny'")
+        if self.session_cache_mb < 0:
+            raise RequestError("session_cache_mb can't be negative")
+        if self.context_tokens is not None and self.context_tokens < 64:
+            raise RequestError("context_tokens must be at least 64")

@@ -1,19 +1,20 @@
-"""Typed conversations and how they become the processor's inputs.
+"""Typed conversations: turns of text, audio, images and video.
 
 A :class:`Conversation` is immutable: adding a turn returns a new one, so a UI can keep
 the history of each session and nothing is shared by accident. Earlier assistant turns go
-back to the model as text (their speech is not re-encoded).
+back to the model as text (their speech is not re-encoded); :mod:`omni_app.prompt` turns
+a conversation into the model's inputs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, Union
 
 import numpy as np
 
 from .errors import RequestError
-from .media import MODEL_SAMPLE_RATE, VIDEO_FPS, VideoClip
+from .media import MODEL_SAMPLE_RATE, VideoClip
 
 #: The system prompt Qwen2.5-Omni needs to produce speech (the processor warns otherwise).
 SPEECH_SYSTEM_PROMPT = (
@@ -95,91 +96,8 @@ class Conversation:
         )
 
 
-@dataclass
-class PreparedInputs:
-    """What the model's generate() takes for one conversation, plus what was counted."""
-
-    tensors: dict
-    #: The chat-template text before media placeholders were expanded.
-    prompt: str
-    use_audio_in_video: bool
-    prompt_tokens: int
-    counts: dict = field(default_factory=dict)
-    #: The processor arguments besides the text (media, fps...), to re-run it if needed.
-    processor_kwargs: dict = field(default_factory=dict)
-
-
-def build_inputs(conversation: Conversation, processor) -> PreparedInputs:
-    """Apply the chat template and run the processor on the conversation's media.
-
-    ``use_audio_in_video`` is decided once for the whole conversation (the model requires
-    the same value for every video): when any video has sound, videos without a track get
-    a silent one of their own length so that all of them interleave the same way.
-    """
-    if not conversation.turns or conversation.turns[-1].role != "user":
-        raise RequestError("The conversation must end with a user turn.")
-    videos = [p.clip for t in conversation.turns for p in t.parts if isinstance(p, VideoPart)]
-    use_audio_in_video = any(v.audio is not None for v in videos)
-
-    messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": conversation.system_prompt}]}]
-    audio_slots: list[np.ndarray] = []
-    audio_sources: list[int | None] = []
-    images, frames = [], []
-    for turn in conversation.turns:
-        content = []
-        for part in turn.parts:
-            if turn.role == "assistant" and not isinstance(part, TextPart):
-                continue
-            if isinstance(part, TextPart):
-                content.append({"type": "text", "text": part.text})
-            elif isinstance(part, AudioPart):
-                content.append({"type": "audio"})
-                audio_slots.append(part.samples)
-                audio_sources.append(None)
-            elif isinstance(part, ImagePart):
-                content.append({"type": "image"})
-                images.append(part.image)
-            elif isinstance(part, VideoPart):
-                content.append({"type": "video"})
-                if use_audio_in_video:
-                    audio_slots.append(_video_audio(part.clip))
-                    audio_sources.append(len(frames))
-                frames.append(part.clip.frames)
-        messages.append({"role": turn.role, "content": content})
-
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    kwargs: dict = {"return_tensors": "pt", "padding": True}
-    if audio_slots:
-        kwargs["audio"] = audio_slots
-    if images:
-        kwargs["images"] = images
-    if frames:
-        kwargs["videos"] = frames
-        # The frames are already sampled at 2 fps: TMRoPE's time ids are derived from this.
-        kwargs["fps"] = VIDEO_FPS
-        kwargs["do_sample_frames"] = False
-        # Frames are already within the per-frame budget; this keeps the processor from
-        # re-deriving a different one (and matches qwen-vl-utils).
-        kwargs["cap_pixels_per_frame"] = True
-    if use_audio_in_video:
-        kwargs["load_audio_from_video"] = True
-        kwargs["audio_from_video_indices"] = audio_sources
-    try:
-        tensors = processor(text=[prompt], **kwargs)
-    except (ValueError, RuntimeError) as exc:
-        raise RequestError(f"The input could not be prepared for the model: {exc}") from exc
-    return PreparedInputs(
-        tensors=dict(tensors),
-        prompt=prompt,
-        use_audio_in_video=use_audio_in_video,
-        prompt_tokens=int(tensors["input_ids"].shape[1]),
-        counts={"audio": len(audio_slots), "images": len(images), "videos": len(frames)},
-        processor_kwargs=kwargs,
-    )
-
-
-def _video_audio(clip: VideoClip) -> np.ndarray:
-    """The clip's audio track, or silence as long as the frames (see :func:`build_inputs`)."""
+def video_audio(clip: VideoClip) -> np.ndarray:
+    """The clip's audio track, or silence as long as the frames (every video gets a track when one has sound)."""
     if clip.audio is not None:
         return clip.audio
     return np.zeros(int(clip.seconds * MODEL_SAMPLE_RATE), dtype=np.float32)

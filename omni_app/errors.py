@@ -27,3 +27,7 @@ class Unsupported(OmniError):
 
 class BackendUnavailable(OmniError):
     """The model server can't be reached or stopped answering; the message says where."""
+
+
+class GpuUnavailable(OmniError):
+    """No GPU could be had for this request (a ZeroGPU quota ran out, no GPU was free, the GPU worker died)."""

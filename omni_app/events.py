@@ -48,6 +48,8 @@ class Notice:
 
     message: str
     level: Literal["info", "warning"] = "warning"
+    #: Set while the request waits for the model: how many requests are ahead of it.
+    queue_position: int | None = None
 
 
 #: Mel frames of a chunk the streaming vocoder holds back until the next chunk gives them

@@ -44,7 +44,7 @@ class VideoClip:
 
 
 def _name(source: Source) -> str:
-    return Path(source).name if isinstance(source, (str, Path)) else "the upload"
+    return Path(source).name if isinstance(source, (str, Path)) else "the upload"  # for messages
 
 
 def _open_container(source: Source):
@@ -194,20 +194,23 @@ def video_frame_pixels(n_frames: int, limits: MediaLimits) -> int:
 
 
 def load_video(source: Source, limits: MediaLimits = MediaLimits(), with_audio: bool = True) -> VideoClip:
-    """Decode a video file to frames at exactly 2 fps (at least 4, an even count) plus audio."""
+    """Decode a video file to frames at exactly 2 fps (at least 4, an even count) plus audio.
+
+    Only the sampled frames are kept, downscaled as soon as decoded (memory stays near their size).
+    """
     name = _name(source)
     with _open_container(source) as container:
         if not container.streams.video:
             raise MediaError(f"{name} has no video track.")
         stream = container.streams.video[0]
-        stamped: list[tuple[float, np.ndarray]] = []
+        sampler = FrameSampler(limits)
         try:
             for frame in container.decode(stream):
                 if frame.time is None:
                     continue
                 if frame.time > limits.max_video_seconds + 0.5:
                     raise MediaError(f"{name} is longer than the {limits.max_video_seconds:g} s video limit.")
-                stamped.append((float(frame.time), frame.to_ndarray(format="rgb24")))
+                sampler.add(float(frame.time), frame)
         except MediaError:
             raise
         except Exception as exc:
@@ -218,27 +221,79 @@ def load_video(source: Source, limits: MediaLimits = MediaLimits(), with_audio: 
             audio = _decode_audio_stream(container, container.streams.audio[0], name, limits.max_video_seconds)
             if audio.size == 0 or float(np.abs(audio).max()) < limits.silence_peak:
                 audio = None  # a silent track carries nothing; treat the video as mute
-    if not stamped:
+    if not sampler.times:
         raise MediaError(f"{name} contains no video frames.")
-    start = stamped[0][0]
-    times = np.array([t - start for t, _ in stamped])
-    frames = [f for _, f in stamped]
-    return frames_to_clip(frames, times, limits, audio)
+    return sampler.clip(audio)
+
+
+class FrameSampler:
+    """Keeps, of frames arriving in time order, only the nearest to each 2 fps instant (earlier on a tie).
+
+    A picked frame is downscaled at once to the largest size any frame count allows;
+    :meth:`clip` resizes again only if the final count makes the pixel budget smaller.
+    """
+
+    def __init__(self, limits: MediaLimits) -> None:
+        self.limits = limits
+        self.times: list[float] = []
+        self.picked: list[np.ndarray] = []  # one per 2 fps instant so far
+        self._previous = None  # (time, frame) of the latest frame, not converted yet
+        self._converted = self.native = None  # (frame, its small copy); (height, width)
+
+    def add(self, time: float, frame) -> None:
+        """One decoded frame (a PyAV ``VideoFrame`` or an RGB array) at ``time`` seconds."""
+        start = self.times[0] if self.times else time
+        self.times.append(time)
+        time -= start
+        if self._previous is not None and time <= self._previous[0]:
+            return  # a repeated or earlier timestamp: the first frame at a time wins
+        while len(self.picked) / VIDEO_FPS <= time:
+            target = len(self.picked) / VIDEO_FPS
+            keep = self._previous is not None and target - self._previous[0] <= time - target
+            self.picked.append(self._small(self._previous[1] if keep else frame))
+        self._previous = (time, frame)
+
+    def clip(self, audio: np.ndarray | None = None) -> VideoClip:
+        """The sampled clip: an even count of frames (at least 4) within the pixel budget."""
+        count = _frame_count(np.array(self.times) - self.times[0], self.limits)
+        while len(self.picked) < count:  # instants after the last frame: it is the nearest
+            self.picked.append(self._small(self._previous[1]))
+        h, w = smart_resize(*self.native, self.limits.video_min_pixels, video_frame_pixels(count, self.limits))
+        frames = [_resized(f, h, w) for f in self.picked[:count]]
+        return VideoClip(frames=np.stack(frames), fps=VIDEO_FPS, audio=audio)
+
+    def _small(self, frame) -> np.ndarray:
+        if self._converted is not None and self._converted[0] is frame:
+            return self._converted[1]  # a low frame rate: one frame nearest to several instants
+        rgb = frame if isinstance(frame, np.ndarray) else frame.to_ndarray(format="rgb24")
+        self.native = self.native or rgb.shape[:2]
+        largest = video_frame_pixels(VIDEO_MIN_FRAMES, self.limits)
+        small = _resized(rgb, *smart_resize(*self.native, self.limits.video_min_pixels, largest))
+        self._converted = (frame, small)
+        return small
+
+
+def _frame_count(times: np.ndarray, limits: MediaLimits) -> int:
+    duration = float(times[-1]) + (float(np.median(np.diff(times))) if len(times) > 1 else 0.5)
+    if duration > limits.max_video_seconds + 0.5:
+        raise MediaError(f"The video is longer than the {limits.max_video_seconds:g} s video limit.")
+    return max(VIDEO_MIN_FRAMES, int(duration * VIDEO_FPS) // FRAME_FACTOR * FRAME_FACTOR)
+
+
+def _resized(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    same = frame.shape[:2] == (height, width)
+    return frame if same else np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
 
 
 def frames_to_clip(frames: list[np.ndarray], times: np.ndarray, limits: MediaLimits,
                    audio: np.ndarray | None = None) -> VideoClip:
     """Resample timestamped RGB frames to 2 fps and resize them to the pixel budget."""
-    from PIL import Image
-
-    duration = float(times[-1]) + (float(np.median(np.diff(times))) if len(times) > 1 else 0.5)
-    if duration > limits.max_video_seconds + 0.5:
-        raise MediaError(f"The video is longer than the {limits.max_video_seconds:g} s video limit.")
-    count = int(duration * VIDEO_FPS) // FRAME_FACTOR * FRAME_FACTOR
-    count = max(VIDEO_MIN_FRAMES, count)
+    count = _frame_count(times, limits)
     targets = np.arange(count) / VIDEO_FPS
     picks = [int(np.argmin(np.abs(times - t))) for t in targets]
     height, width = frames[0].shape[:2]
     h, w = smart_resize(height, width, limits.video_min_pixels, video_frame_pixels(count, limits))
-    out = np.stack([np.asarray(Image.fromarray(frames[i]).resize((w, h), Image.BICUBIC)) for i in picks])
+    out = np.stack([_resized(frames[i], h, w) for i in picks])
     return VideoClip(frames=out, fps=VIDEO_FPS, audio=audio)

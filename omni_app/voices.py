@@ -173,7 +173,7 @@ def split_sentences(text: str, max_chars: int = 200) -> list[str]:
     segments: list[str] = []
     carry = ""
     for piece in pieces:
-        piece = f"{carry} {piece}".strip() if carry else piece
+        piece = _join(carry, piece) if carry else piece
         carry = ""
         while len(piece) > max_chars:  # a very long sentence: cut at a comma or a space
             cut = max(piece.rfind(",", 0, max_chars), piece.rfind(" ", 0, max_chars))
@@ -186,7 +186,13 @@ def split_sentences(text: str, max_chars: int = 200) -> list[str]:
             segments.append(piece)
     if carry:
         if segments and len(segments[-1]) + len(carry) < max_chars:
-            segments[-1] = f"{segments[-1]} {carry}"
+            segments[-1] = _join(segments[-1], carry)
         else:
             segments.append(carry)
     return segments
+
+
+def _join(first: str, second: str) -> str:
+    # Scripts written without spaces (Chinese, Japanese) end sentences with full-width marks.
+    gap = "" if first[-1:] in "。！？；" else " "
+    return f"{first}{gap}{second}".strip()

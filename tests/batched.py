@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from omni_app.conversation import Conversation, build_inputs
+from omni_app.conversation import Conversation
+from omni_app.prompt import build_inputs
 
 
 class _Capture:

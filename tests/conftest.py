@@ -151,3 +151,80 @@ def live_app(tmp_path_factory, _isolated_cache):
     out = root / "test-output"
     out.mkdir(exist_ok=True)
     shutil.copyfile(log, out / "app.log")
+
+
+#: The key the served model requires in the tests (a missing or wrong one gets 401).
+SERVER_KEY = "test-key"
+
+
+class LiveProcess:
+    """A command started on a free port, its log kept for the tests to read."""
+
+    def __init__(self, url: str, log: Path, process) -> None:
+        self.url = url
+        self.log = log
+        self.process = process
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], url: str, log: Path, probe: str = ""):
+    """Start ``args`` (a Python command) in the repository and wait until ``url + probe`` answers."""
+    import sys
+    import time
+    import urllib.request
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+    handle = log.open("w")
+    process = subprocess.Popen([sys.executable, *args], cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{' '.join(args[:3])} exited early:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url + probe, timeout=2)
+            return LiveProcess(url, log, process)
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"{' '.join(args[:3])} did not start:\n{log.read_text()[-3000:]}")
+
+
+def stop(live: LiveProcess, name: str) -> None:
+    live.process.terminate()
+    try:
+        live.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        live.process.kill()
+    out = Path(__file__).resolve().parents[1] / "test-output"
+    out.mkdir(exist_ok=True)
+    shutil.copyfile(live.log, out / name)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory, _isolated_cache):
+    """``python -m omni_app serve`` with the tiny model and an API key, as a user starts it."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    live = launch(["-m", "omni_app", "serve", "--model", "tiny", "--port", str(port), "--api-key", SERVER_KEY],
+                  f"http://127.0.0.1:{port}", log, "/health")
+    yield live
+    stop(live, "server.log")
+
+
+@pytest.fixture(scope="session")
+def remote_app(tmp_path_factory, live_server):
+    """The web app in front of the served model (``app.py --backend URL``)."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("remote-app") / "app.log"
+    live = launch(["app.py", "--backend", f"{live_server.url}/v1", "--api-key", SERVER_KEY, "--port", str(port),
+                   "--max-new-tokens", "24", "--max-speech-seconds", "2"], f"http://127.0.0.1:{port}/", log)
+    yield live
+    stop(live, "remote-app.log")

@@ -43,10 +43,21 @@ def test_chat_with_media_writes_speech(media_dir, tmp_path):
     assert again.read_bytes() == wav.read_bytes()
 
 
-def test_text_only_prints_reply(media_dir):
+def test_text_only_prints_reply(media_dir, service):
+    from omni_app.api import Request
+    from omni_app.config import GenerationLimits
+    from omni_app.conversation import Conversation, VideoPart
+    from omni_app.events import TextDelta
+    from omni_app.media import load_video
+
     out = cli("chat", "--text-only", "--quiet", "--max-new-tokens", "6", "--video", str(media_dir / "talking.mp4"))
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip() == ""
+    # The same request in this process: the reply (greedy, so repeatable) is exactly what was printed.
+    request = Request(Conversation().add_user(VideoPart(load_video(media_dir / "talking.mp4"))), voice=None,
+                      limits=GenerationLimits(max_new_tokens=6))
+    reply = "".join(e.text for e in service.stream(request) if isinstance(e, TextDelta))
+    assert reply and out.stdout == reply + "\n"
 
 
 def test_bad_input_is_one_line_without_traceback(media_dir, tmp_path):

@@ -11,10 +11,10 @@ from omni_app.conversation import (
     Conversation,
     ImagePart,
     VideoPart,
-    build_inputs,
 )
 from omni_app.errors import RequestError
 from omni_app.media import load_audio, load_image, load_video
+from omni_app.prompt import build_inputs
 
 
 @pytest.fixture(scope="module")
@@ -85,4 +85,5 @@ def test_empty_messages_are_rejected():
         Conversation().add_user("   ")
     with pytest.raises(RequestError, match="user turn"):
         build_inputs(Conversation(), None)
-    assert isinstance(AudioPart(np.zeros(16000, np.float32)).seconds, float)
+    assert AudioPart(np.zeros(16000, np.float32)).seconds == 1.0
+    assert AudioPart(np.zeros(8000, np.float32)).seconds == 0.5

@@ -10,9 +10,10 @@ from omni_app import inside
 from omni_app import inside_plots as plots
 from omni_app.api import Request
 from omni_app.config import GenerationLimits
-from omni_app.conversation import Conversation, ImagePart, VideoPart, build_inputs
+from omni_app.conversation import Conversation, ImagePart, VideoPart
 from omni_app.engine import inspect
 from omni_app.media import load_image, load_video
+from omni_app.prompt import build_inputs
 
 
 @pytest.fixture(scope="module")

@@ -131,22 +131,56 @@ def test_one_token_reply_with_speech_does_not_crash(any_service):
     assert not any(isinstance(e, AudioChunk) for e in events)
 
 
+class _RecordingEngine:
+    """Wraps the real engine and records how many runs are inside it at once."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.speaks_text = inner.speaks_text
+        self.inside = 0
+        self.most_inside = 0
+        self.guard = threading.Lock()
+
+    def run(self, loaded, prepared, job, emit, cancel):
+        with self.guard:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            time.sleep(0.3)  # widen the window in which a second run could slip in
+            return self.inner.run(loaded, prepared, job, emit, cancel)
+        finally:
+            with self.guard:
+                self.inside -= 1
+
+
 def test_generations_are_serialised(any_service):
-    results, spans = {}, {}
+    engine = _RecordingEngine(any_service.engine)
+    recorded = ModelService(any_service.loaded, engine)
+    results = {}
 
     def worker(name):
-        t0 = time.perf_counter()
-        results[name] = run(any_service, Request(Conversation().add_user(name), limits=SHORT, seed=2))
-        spans[name] = (t0, time.perf_counter())
+        results[name] = run(recorded, Request(Conversation().add_user(name), limits=SHORT, seed=2))
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in ("one", "two")]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("one", "two", "three")]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert all(r[-1].reason in ("finished", "length") for r in results.values())
+    assert engine.most_inside == 1  # never two generations on the model at once
+    assert max(r[-1].stats.queue_time for r in results.values()) > 0.3  # someone waited for the model
     alone = run(any_service, Request(Conversation().add_user("one"), limits=SHORT, seed=2))
     assert np.array_equal(audio_of(alone), audio_of(results["one"]))
+
+
+def test_a_closed_stream_frees_the_model_for_the_next_request(any_service):
+    stream = any_service.stream(Request(Conversation().add_user("Long"), voice=None,
+                                        limits=GenerationLimits(max_new_tokens=4000), seed=1))
+    next(stream)
+    assert any_service.busy
+    stream.close()
+    assert not any_service.busy  # the worker noticed within one step and gave the model back
 
 
 def test_bad_requests_raise_clear_errors(any_service):

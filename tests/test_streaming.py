@@ -11,12 +11,13 @@ from batched import batched_generate
 
 from omni_app.api import Request
 from omni_app.config import GenerationLimits
-from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart, build_inputs
+from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart
 from omni_app.engine.code2wav import BLOCK_FRAMES, SAMPLES_PER_FRAME, StreamingCode2Wav, WindowDecoder
 from omni_app.engine.common import to_device
 from omni_app.engine.stepper import ThinkerStepper
 from omni_app.events import AudioChunk, Done, TextDelta
 from omni_app.media import load_audio, load_image, load_video
+from omni_app.prompt import build_inputs
 
 LIMITS = GenerationLimits(max_new_tokens=40, max_speech_seconds=2.0)
 
@@ -174,7 +175,7 @@ def test_interleaved_requests_do_not_disturb_each_other(service):
     inputs = [build_inputs(c, loaded.processor) for c in prompts]
 
     def steppers():
-        return [ThinkerStepper(loaded.model.thinker, to_device(p.tensors, loaded), p.use_audio_in_video, True)
+        return [ThinkerStepper(loaded.model.thinker, to_device(p.tensors, loaded), p.use_audio_in_video)
                 for p in inputs]
 
     solo = []

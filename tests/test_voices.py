@@ -75,20 +75,33 @@ def test_custom_voice_changes_the_decoder_input_only(service, custom):
     assert np.array_equal(service.loaded.voices["Ethan"]["ref_mel"].numpy(), stock_before)
 
 
+def test_sentences_split_at_their_ends_and_short_ones_join():
+    assert split_sentences("Good morning to you, my friend. The quick brown fox jumps over the lazy dog! "
+                           "你好，今天天气怎么样？我们去公园散步吧。") == [
+        "Good morning to you, my friend.", "The quick brown fox jumps over the lazy dog!",
+        "你好，今天天气怎么样？我们去公园散步吧。"]
+    assert split_sentences("Hi. Ok. This sentence is long enough to stand alone. Yes!") == [
+        "Hi. Ok. This sentence is long enough to stand alone. Yes!"]
+    long = split_sentences("word " * 60)
+    assert [len(s) for s in long] == [199, 99] and " ".join(long) == ("word " * 60).strip()
+
+
 def test_exact_text_feeds_the_talker_exactly_those_tokens(service, custom):
-    text = "Good morning. The quick brown fox jumps over the lazy dog! 你好，今天天气怎么样？"
+    sentences = ["Good morning to you, my friend.", "The quick brown fox jumps over the lazy dog!",
+                 "你好，今天天气怎么样？我们去公园散步吧。"]
     voice_id = service.add_custom_voice(custom)
-    events = list(service.stream(Request(Conversation(), voice=voice_id, limits=LIMITS, seed=3, speak_text=text)))
+    events = list(service.stream(Request(Conversation(), voice=voice_id, limits=LIMITS, seed=3,
+                                         speak_text=" ".join(sentences))))
     trace = events[-1].trace
     tokenizer = service.loaded.processor.tokenizer
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     expected = []
-    for segment in split_sentences(text):
-        expected += tokenizer(segment, add_special_tokens=False).input_ids + [eos]
+    for sentence in sentences:
+        expected += tokenizer(sentence, add_special_tokens=False).input_ids + [eos]
     assert list(trace.reply_ids) == expected
     spoken = "".join(e.text for e in events if isinstance(e, TextDelta))
-    assert spoken == "".join(split_sentences(text))
-    assert sum(isinstance(e, AudioChunk) for e in events) >= len(split_sentences(text))
+    assert spoken == "".join(sentences)
+    assert sum(isinstance(e, AudioChunk) for e in events) >= len(sentences)
 
 
 def test_reference_engine_speaks_custom_voices_and_restores_the_map(reference_service, custom):

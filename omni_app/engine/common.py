@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..api import Request
-from ..conversation import PreparedInputs
 from ..events import Event, Trace
+from ..prompt import PreparedInputs
 from ..voices import Voice
+
+if TYPE_CHECKING:
+    from .sessions import CacheSlot
 
 #: The Talker's two end-of-speech codes (generate() hard-codes them).
 TALKER_STOP_CODES = (8292, 8294)
@@ -30,6 +33,8 @@ class Job:
     #: ``None``: a text-only reply.
     voice: Voice | None
     seed: int
+    #: The conversation's model cache, for an engine that continues it (``None``: run it all).
+    slot: CacheSlot | None = None
 
     @property
     def limits(self):
@@ -63,6 +68,8 @@ class Engine(Protocol):
     name: str
     #: Whether it can speak an exact text (:attr:`Request.speak_text`).
     speaks_text: bool
+    #: Whether it continues a conversation's KV cache across turns (:attr:`Job.slot`).
+    reuses_cache: bool
 
     def run(self, loaded, prepared: PreparedInputs | None, job: Job,
             emit: Callable[[Event], None], cancel: Cancel) -> EngineResult: ...

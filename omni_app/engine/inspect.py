@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..conversation import Conversation, ImagePart, PreparedInputs, VideoPart
+from ..conversation import Conversation, ImagePart, VideoPart
 from ..events import Trace
 from ..inside import KINDS, AudioView, Inspection, TokenMap, VisionView, chunk_audio, timeline
+from ..prompt import PreparedInputs
 from .loader import LoadedModel
 
 
@@ -99,7 +100,7 @@ def dit_attention(loaded: LoadedModel, codes: int) -> dict:
 
 def inspect(loaded: LoadedModel, conversation: Conversation, trace: Trace | None) -> Inspection:
     """How the loaded model sees ``conversation``, and how ``trace``'s reply was made."""
-    from ..conversation import build_inputs
+    from ..prompt import build_inputs
 
     prepared = build_inputs(conversation, loaded.processor)
     tokens = token_map(loaded, prepared)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import zerogpu
 from ..errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,11 @@ def load_model(name: str = TINY, device: str | None = None, dtype: str | None = 
     torch_dtype = pick_dtype(dev, dtype)
     attention = pick_attention(dev)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attention}
-    if dev.type == "cuda":
+    # On ZeroGPU the weights are loaded into RAM and moved to "cuda" below, in this thread:
+    # ZeroGPU's CUDA emulation only intercepts that move (device_map loads in worker threads
+    # and reaches the real, absent CUDA).
+    on_zerogpu = zerogpu.active()
+    if dev.type == "cuda" and not on_zerogpu:
         # Load straight onto the GPU instead of materialising the weights in RAM first.
         kwargs["device_map"] = str(dev)
     try:
@@ -124,7 +129,7 @@ def load_model(name: str = TINY, device: str | None = None, dtype: str | None = 
         processor = Qwen2_5OmniProcessor.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_load_failure_message(name, exc)) from exc
-    if dev.type != "cuda":
+    if dev.type != "cuda" or on_zerogpu:
         model = model.to(dev)
     # The speech decoder is numerically fragile: keep it in fp32 whatever the rest uses.
     if getattr(model, "has_talker", False):

@@ -2,15 +2,17 @@
 
 :class:`LocalBackend` owns a :class:`~.service.ModelService` (one loaded model, one
 generation at a time) and answers everything the app asks in plain data. On Hugging Face
-ZeroGPU only the generator runs on the lent GPU, in another process: its arguments and
-every event it yields are pickled, so it gets the voice itself rather than a name, and
-Stop closes it instead of sharing an event across the boundary.
+ZeroGPU only the generator runs on the lent GPU, in another process (see
+:mod:`omni_app.zerogpu`): its arguments and every event it yields are pickled, so it gets
+the voice itself rather than a name.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from ..errors import RequestError
 from ..events import Event, Trace
 from ..inside import Inspection
 from ..voices import Voice, save_voice, voice_from_reference
-from ..zerogpu import on_gpu
+from ..zerogpu import GpuBudget, GpuRunner
 from .service import ModelService
 
 log = logging.getLogger(__name__)
@@ -32,20 +34,21 @@ class LocalBackend:
     """A loaded model in this process, as a :class:`~omni_app.api.Backend`."""
 
     def __init__(self, service: ModelService, voices_dir: Path | None = None,
-                 media: MediaLimits = MediaLimits()) -> None:
+                 media: MediaLimits = MediaLimits(), gpu: GpuBudget = GpuBudget()) -> None:
         self.service = service
         #: Where created voices are saved when asked to (``None``: nowhere).
         self.voices_dir = voices_dir
         self.media = media
-        generate = self._generate
-        self._on_gpu = on_gpu(generate)
-        #: Off ZeroGPU the wrapper is the function itself and runs in this process.
-        self._in_process = self._on_gpu is generate
+        #: The one generator that needs the GPU; on ZeroGPU it runs in ZeroGPU's worker,
+        #: asking for the GPU time ``gpu`` sizes from each request.
+        self._gpu = GpuRunner(self._generate, duration=lambda request, voice: gpu.seconds_for(request),
+                              size=gpu.size)
 
     @classmethod
-    def from_config(cls, config: ServiceConfig, voices_dir: Path | None = None) -> LocalBackend:
+    def from_config(cls, config: ServiceConfig, voices_dir: Path | None = None,
+                    gpu: GpuBudget = GpuBudget()) -> LocalBackend:
         """Load the model named in ``config``; voices are saved in ``voices_dir`` (see :meth:`load_voices`)."""
-        return cls(ModelService.from_config(config), voices_dir)
+        return cls(ModelService.from_config(config), voices_dir, gpu=gpu)
 
     def load_voices(self) -> list[str]:
         """Load the voices saved in the voices folder; returns one message per file skipped."""
@@ -64,7 +67,7 @@ class LocalBackend:
         return BackendInfo(
             model=loaded.name, is_tiny=loaded.is_tiny, can_inspect=True,
             can_speak_text=self.service.engine.speaks_text, can_create_voices=True,
-            can_save_voices=self.voices_dir is not None,
+            can_save_voices=self.voices_dir is not None, engine=self.service.engine.name,
             description=f"{loaded.name} on {loaded.device} ({dtype}), {self.service.engine.name} engine",
         )
 
@@ -74,29 +77,35 @@ class LocalBackend:
     def stock_voices(self) -> list[str]:
         return self.service.stock_voices
 
+    @property
+    def busy(self) -> bool:
+        """Whether a generation holds the model right now."""
+        return self.service.busy
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the model right now."""
+        return self.service.waiting
+
     def warmup(self) -> None:
-        """One short generation, so the first user does not pay for lazy initialisation."""
-        self.service.warmup()
+        """One short generation, so the first user does not pay for lazy initialisation.
+
+        Not on ZeroGPU: there is no GPU outside a visitor's request, and warming a worker
+        would spend GPU time on nobody.
+        """
+        if self._gpu.in_process:
+            self.service.warmup()
 
     def stream(self, request: Request, cancel: CancelToken | None = None) -> Iterator[Event]:
         voice = self.service.voice(request.voice) if request.voice is not None else None
-        if self._in_process:
-            yield from self.service.stream(request, cancel, voice)
-            return
-        # ZeroGPU: the generator runs in another process; a CancelToken can't cross, so the
-        # stream is closed on cancel (the worker then stops within one step).
-        events = self._on_gpu(request, voice)
-        try:
-            for event in events:
-                yield event
-                if cancel is not None and cancel.is_set():
-                    break
-        finally:
-            events.close()
+        if not self._gpu.in_process:
+            # Each ZeroGPU call may land in a fresh worker process: nothing is kept per conversation.
+            request = replace(request, session=None)
+        yield from self._gpu.stream(request, voice, cancel=cancel)
 
-    def _generate(self, request: Request, voice: Voice | None):
-        # The one function that needs the GPU (ZeroGPU wraps exactly this).
-        yield from self.service.stream(request, None, voice)
+    def _generate(self, request: Request, voice: Voice | None, cancel=None):
+        # The one function that needs the GPU (on ZeroGPU it runs in ZeroGPU's worker).
+        yield from self.service.stream(request, cancel, voice)
 
     def create_voice(self, name: str, reference_16k: np.ndarray, base: str, save: bool = False) -> str:
         if base not in self.service.stock_voices:
@@ -116,10 +125,13 @@ class LocalBackend:
         return self.service.add_custom_voice(voice)
 
     def end_session(self, session: str) -> None:
-        pass  # nothing is kept per session yet
+        self.service.end_session(session)
 
     def inspect(self, conversation: Conversation, trace: Trace | None) -> Inspection:
         from .inspect import inspect
 
-        with self.service.exclusive():
+        # Inspection reads configs and runs the processor, no weights. On ZeroGPU generations run
+        # in forked workers, so the model lock is not taken here: a worker forked while this
+        # process held it would inherit it locked.
+        with self.service.exclusive() if self._gpu.in_process else nullcontext():
             return inspect(self.service.loaded, conversation, trace)

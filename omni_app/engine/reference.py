@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..conversation import PreparedInputs
 from ..events import AudioChunk, Event, TextDelta, Trace
+from ..prompt import PreparedInputs
 from .common import Cancel, EngineResult, Job, reason_for, speech_codes, to_device, to_int16
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
 from .text import IncrementalDecoder, TokenStreamer
@@ -44,6 +44,7 @@ class ReferenceEngine:
 
     name = "reference"
     speaks_text = False
+    reuses_cache = False
 
     def run(self, loaded: LoadedModel, prepared: PreparedInputs, job: Job,
             emit: Callable[[Event], None], cancel: Cancel) -> EngineResult:

@@ -15,15 +15,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from ..api import CancelToken, Request
 from ..config import GenerationLimits, ServiceConfig
-from ..conversation import Conversation, build_inputs
+from ..conversation import Conversation
 from ..errors import RequestError
 from ..events import AudioChunk, Done, Event, Notice, Stats, TextDelta
+from ..media_items import PromptMemo
+from ..prompt import PreparedInputs, build_inputs
 from ..voices import Voice
+from .budget import Dropped, fit_context
 from .common import Cancel, Engine, EngineResult, Job
+from .fifo import FifoLock
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
+from .sessions import CacheSlot, SessionState, SessionStates
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +45,17 @@ MAX_CUSTOM_VOICES = 256
 class ModelService:
     """A loaded model behind ``stream()``; generations are serialised by a lock."""
 
-    def __init__(self, loaded: LoadedModel, engine: Engine) -> None:
+    def __init__(self, loaded: LoadedModel, engine: Engine, session_cache_mb: int = ServiceConfig.session_cache_mb,
+                 context_tokens: int | None = None) -> None:
         self.loaded = loaded
         self.engine = engine
-        self._lock = threading.Lock()
-        self._waiting = 0  # requests waiting for the lock (for queue positions)
+        #: Per conversation: prompt memo and model caches (see :mod:`.sessions`).
+        self.sessions = SessionStates(session_cache_mb * 2**20)
+        self.reuse_cache = getattr(engine, "reuses_cache", False) and session_cache_mb > 0
+        #: Tokens a prompt and its reply may take together.
+        self.context_tokens = context_tokens or loaded.model.thinker.config.get_text_config().max_position_embeddings
+        #: One generation at a time, first come first served.
+        self._lock = FifoLock()
         #: Voices listed by name: the stock ones and saved custom ones.
         self._voices = {name: Voice.from_speaker(name, entry) for name, entry in loaded.voices.items()}
         self._stock = list(loaded.voice_names)
@@ -88,7 +100,7 @@ class ModelService:
         from .loader import load_model
 
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)
-        return cls(loaded, make_engine(config))
+        return cls(loaded, make_engine(config), config.session_cache_mb, config.context_tokens)
 
     @property
     def voices(self) -> list[str]:
@@ -102,7 +114,12 @@ class ModelService:
     @property
     def waiting(self) -> int:
         """Requests waiting for the model right now."""
-        return self._waiting
+        return self._lock.waiting
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation (or other work on the model) holds it right now."""
+        return self._lock.locked()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -144,11 +161,16 @@ class ModelService:
                 warning = request.conversation.speech_prompt_warning()
                 if warning:
                     yield Notice(warning)
-            prepared = build_inputs(request.conversation, self.loaded.processor)
+            state = self.sessions.state(request.session) if request.session else None
+            prepared, notice = self._prepare(request, state)
+            if notice:
+                yield Notice(notice)
+            if state is not None and self.reuse_cache:
+                job = replace(job, slot=CacheSlot(self.sessions, request.session, state))
 
         closed = threading.Event()
         stop = Cancel(cancel, closed)
-        if not self._acquire(stop):
+        if not (yield from self._wait_for_turn(stop)):
             yield Done("cancelled", _stats(started, None, None, EngineResult("cancelled", 0, 0), 0.0,
                                            self.engine.name, job, time.perf_counter() - started))
             return
@@ -158,15 +180,47 @@ class ModelService:
         # worker still finishing its step never overlaps the next request.
         yield from self._run(job, prepared, stop, closed, started, queued)
 
-    def _acquire(self, stop: Cancel) -> bool:
-        self._waiting += 1
+    def end_session(self, session: str) -> None:
+        """Forget what is kept for a conversation (its caches are freed)."""
+        self.sessions.end(session)
+
+    def _prepare(self, request: Request, state: SessionState | None) -> tuple[PreparedInputs, str | None]:
+        """The prompt, fitted to the context; and a notice when this turn left more of it out."""
+        memo = state.memo if state is not None else PromptMemo()
+
+        def prepare(conversation: Conversation) -> PreparedInputs:
+            return build_inputs(conversation, self.loaded.processor, memo)
+
+        before = state.dropped if state is not None else Dropped()
+        fit = fit_context(request.conversation, prepare(request.conversation), self.context_tokens,
+                          request.limits.max_new_tokens, prepare, before)
+        if state is not None:
+            state.dropped = fit.dropped
+        changed = fit.dropped != before and (fit.dropped.media or fit.dropped.turns)
+        return fit.prepared, fit.notice() if changed else None
+
+    def _wait_for_turn(self, stop: Cancel) -> Iterator[Event]:
+        """Wait for the model in arrival order; tell the caller its place while it waits.
+
+        Returns (as the generator's value) whether the lock is now held: ``False`` when
+        the request was cancelled, or its stream closed, while it waited.
+        """
+        ticket = self._lock.join()
+        told = None
         try:
-            while not self._lock.acquire(timeout=0.05):
+            while not self._lock.wait(ticket, QUEUE_POLL_SECONDS):
                 if stop.is_set():
+                    self._lock.leave(ticket)
                     return False
+                ahead = self._lock.ahead(ticket)
+                if ahead != told:
+                    told = ahead
+                    yield Notice(f"Waiting for the model: {ahead} request{'s' if ahead != 1 else ''} ahead.",
+                                 level="info", queue_position=ahead)
             return True
-        finally:
-            self._waiting -= 1
+        except GeneratorExit:
+            self._lock.leave(ticket)
+            raise
 
     def _run(self, job: Job, prepared, stop: Cancel, closed: threading.Event, started: float,
              queued: float) -> Iterator[Event]:
@@ -235,6 +289,8 @@ class ModelService:
                                   self.engine.name, job, queued), result.trace)
 
 
+#: How often a waiting request checks for its turn, for a cancel and for its place.
+QUEUE_POLL_SECONDS = 0.1
 #: Events waiting between the engine and a slow consumer (a few seconds of speech).
 EVENT_QUEUE_SIZE = 256
 #: How long a closed stream waits for its worker to notice (one engine step, normally).

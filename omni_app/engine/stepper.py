@@ -13,67 +13,100 @@ so it comes out of forward #(j+1). Talker code t needs reply(gt): t + 2 Thinker 
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 
 from .common import TALKER_STOP_CODES
+
+#: What the Thinker's forward takes besides ids and positions: the encoders' inputs.
+ENCODER_INPUTS = ("input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
+                  "pixel_values_videos", "video_grid_thw", "video_second_per_grid")
+
+
+def audio_lengths(inputs: dict) -> torch.Tensor | None:
+    """Audio feature frames per clip: given as ``audio_lengths`` or counted from the feature mask."""
+    if inputs.get("audio_lengths") is not None:
+        return inputs["audio_lengths"]
+    mask = inputs.get("feature_attention_mask")
+    return mask.sum(-1) if mask is not None else None
 
 
 def thinker_rope_index(thinker, inputs: dict, use_audio_in_video: bool) -> torch.Tensor:
     """TMRoPE position ids ``(3, 1, P)`` of a prompt, from the model's own ``get_rope_index``."""
     ids = inputs["input_ids"]
-    feature_mask = inputs.get("feature_attention_mask")
     rope, _ = thinker.get_rope_index(
         ids, inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), torch.ones_like(ids), use_audio_in_video,
-        feature_mask.sum(-1) if feature_mask is not None else None, inputs.get("video_second_per_grid"),
+        audio_lengths(inputs), inputs.get("video_second_per_grid"),
     )
     return rope
 
 
+def prompt_positions(thinker, rope_inputs: dict, use_audio_in_video: bool) -> torch.Tensor:
+    """The Thinker's ``(4, 1, P)`` prefill positions: a plain 1-D row (for the causal mask) over TMRoPE."""
+    ids = rope_inputs["input_ids"]
+    rope = thinker_rope_index(thinker, rope_inputs, use_audio_in_video).to(ids.device)
+    return torch.cat([torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1), rope], dim=0)
+
+
 class ThinkerStepper:
-    """Greedy (or teacher-forced) Thinker decoding with its KV cache, one token per call."""
+    """Greedy (or teacher-forced) Thinker decoding with its KV cache, one token per call.
 
-    def __init__(self, thinker, inputs: dict, use_audio_in_video: bool, want_vectors: bool,
-                 forced: list[int] | None = None) -> None:
-        from transformers import DynamicCache
+    ``inputs`` holds the prompt's ``input_ids`` and the encoder inputs of its media.
+    Given a ``cache`` that already holds the prompt's first tokens (an earlier turn of the
+    same conversation) and their Talker ``rows``, only the rest of the prompt is run, and
+    ``inputs`` needs the encoder inputs of the media in that rest only; ``positions``
+    (:func:`prompt_positions` of the whole prompt) then number it.
+    """
 
+    def __init__(self, thinker, inputs: dict, use_audio_in_video: bool, forced: list[int] | None = None,
+                 positions: torch.Tensor | None = None, cache=None, rows: torch.Tensor | None = None) -> None:
         self.thinker = thinker
         self.inputs = inputs
         self.use_audio_in_video = use_audio_in_video
-        self.want_vectors = want_vectors
         #: Teacher forcing: these tokens are the reply, whatever the logits say.
         self.forced = forced
-        self.cache = DynamicCache(config=thinker.config.get_text_config())
+        self.cache = cache if cache is not None else DynamicCache(config=thinker.config.get_text_config())
+        #: Prompt tokens already in the cache (their rows come with them).
+        self.start = self.cache.get_seq_length()
+        self._prefix_rows = rows
         self.tokens: list[int] = []
-        self.prompt_rows: torch.Tensor | None = None  # talker prefill rows for the prompt
-        self._positions: torch.Tensor | None = None
+        #: Talker input rows: the prompt's after the prefill, then one per token fed back.
+        self.prompt_rows: torch.Tensor | None = None
+        self.vectors: list[torch.Tensor] = []
+        #: Positions of the prompt, then of every token fed back: ``(4, 1, n)``.
+        self.positions = positions if positions is not None else prompt_positions(thinker, inputs, use_audio_in_video)
 
     def prefill(self) -> int:
-        """Run the prompt (with its audio/image/video encoders); returns the first token."""
-        ids = self.inputs["input_ids"]
-        rope = thinker_rope_index(self.thinker, self.inputs, self.use_audio_in_video)
-        # Row 0 holds plain text positions (used for the causal mask), rows 1-3 TMRoPE.
-        text_row = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1)
-        self._positions = torch.cat([text_row, rope.to(ids.device)], dim=0)
-        kwargs = {k: v for k, v in self.inputs.items() if k != "attention_mask"}
-        out = self.thinker(**kwargs, position_ids=self._positions, past_key_values=self.cache, use_cache=True,
-                           use_audio_in_video=self.use_audio_in_video, output_hidden_states=self.want_vectors)
-        if self.want_vectors:
-            embeds = out.hidden_states[0].clone()
-            # Media rows carry encoder features; the Talker gets zeros there (as in generate()).
-            cfg = self.thinker.config
-            media = torch.isin(ids, torch.tensor([cfg.audio_token_index, cfg.image_token_index,
-                                                  cfg.video_token_index], device=ids.device))
-            embeds[media] = 0
-            self.prompt_rows = embeds + out.hidden_states[-1]
-        return self._take(out.logits)
+        """Run the prompt (the part not in the cache, with its media's encoders); returns the first token."""
+        new = self.inputs["input_ids"][:, self.start:]
+        encoders = {k: v for k, v in self.inputs.items() if k in ENCODER_INPUTS and v is not None}
+        hidden = self.thinker.model(input_ids=new, **encoders, position_ids=self.positions[:, :, self.start:],
+                                    past_key_values=self.cache, use_cache=True,
+                                    use_audio_in_video=self.use_audio_in_video).last_hidden_state
+        # The Talker's prompt rows: embeddings (zeros at audio/image/video placeholders, as
+        # generate() gives it) plus the last hidden state.
+        cfg = self.thinker.config
+        embeds = self.thinker.get_input_embeddings()(new)
+        media = torch.isin(new, torch.tensor([cfg.audio_token_index, cfg.image_token_index, cfg.video_token_index],
+                                             device=new.device))
+        rows = embeds.masked_fill(media.unsqueeze(-1), 0) + hidden
+        self.prompt_rows = rows if self._prefix_rows is None else torch.cat([self._prefix_rows, rows], dim=1)
+        self._prefix_rows = None
+        return self._take(self.thinker.lm_head(hidden[:, -1:]))
 
-    def step(self) -> tuple[int, torch.Tensor | None]:
+    def step(self) -> tuple[int, torch.Tensor]:
         """Feed the last token; returns the next token and the reply vector of the fed one."""
         last = torch.tensor([[self.tokens[-1]]], device=self.inputs["input_ids"].device)
-        self._positions = self._positions[:, :, -1:] + 1
-        out = self.thinker(input_ids=last, position_ids=self._positions, past_key_values=self.cache,
-                           use_cache=True, output_hidden_states=self.want_vectors)
-        vector = out.hidden_states[0] + out.hidden_states[-1] if self.want_vectors else None
-        return self._take(out.logits), vector
+        position = self.positions[:, :, -1:] + 1
+        self.positions = torch.cat([self.positions, position], dim=2)
+        hidden = self.thinker.model(input_ids=last, position_ids=position, past_key_values=self.cache,
+                                    use_cache=True).last_hidden_state
+        vector = self.thinker.get_input_embeddings()(last) + hidden
+        self.vectors.append(vector)
+        return self._take(self.thinker.lm_head(hidden)), vector
+
+    def rows(self) -> torch.Tensor:
+        """Talker rows of every token in the cache: the prompt's, then each fed reply token's."""
+        return torch.cat([self.prompt_rows, *self.vectors], dim=1)
 
     def _take(self, logits: torch.Tensor) -> int:
         if self.forced is not None:
@@ -85,12 +118,17 @@ class ThinkerStepper:
 
 
 class TalkerStepper:
-    """The Talker's mask path (codec pad/bos rows, 3-D positions), one codec code per call."""
+    """The Talker's mask path (codec pad/bos rows, 3-D positions), one codec code per call.
+
+    ``inputs`` are the prompt's ids and media sizes (no pixels: the Talker sees none). A
+    ``cache`` holding the Talker's first prompt rows (causal attention leaves them as they
+    were in an earlier turn) is continued instead of running them again.
+    """
 
     def __init__(self, talker, embed_tokens, inputs: dict, use_audio_in_video: bool, voice_bos: int,
-                 sampling: bool, generator: torch.Generator | None, decodable_codes: int) -> None:
+                 sampling: bool, generator: torch.Generator | None, decodable_codes: int, cache=None,
+                 cache_positions: torch.Tensor | None = None) -> None:
         from transformers import (
-            DynamicCache,
             LogitsProcessorList,
             RepetitionPenaltyLogitsProcessor,
             SuppressTokensLogitsProcessor,
@@ -105,7 +143,12 @@ class TalkerStepper:
         self.use_audio_in_video = use_audio_in_video
         self.voice_bos = voice_bos
         self.device = inputs["input_ids"].device
-        self.cache = DynamicCache(config=talker.config)
+        self.cache = cache if cache is not None else DynamicCache(config=talker.config)
+        #: Prompt rows already in the cache (the same conversation's earlier turn), at these positions.
+        self.start = self.cache.get_seq_length()
+        self._cache_positions = cache_positions
+        #: The prefill's positions, ``(3, 1, P + 2)``.
+        self.positions: torch.Tensor | None = None
         self.generator = generator
         # Same settings and order as generate() builds for the Talker. One addition: ids the
         # speech decoder has no embedding for (>= its num_embeds, except the stop codes)
@@ -133,14 +176,18 @@ class TalkerStepper:
         ids = self.inputs["input_ids"]
         length = ids.shape[1] + 2
         text_ids = torch.cat([ids, torch.tensor([[self.voice_bos, first_token]], device=self.device)], dim=1)
-        feature_mask = self.inputs.get("feature_attention_mask")
         positions, deltas = self.talker.get_rope_index(
             text_ids, self.inputs.get("image_grid_thw"), self.inputs.get("video_grid_thw"),
             torch.ones((1, length), dtype=torch.long, device=self.device), self.use_audio_in_video,
-            feature_mask.sum(-1) if feature_mask is not None else None, self.inputs.get("video_second_per_grid"),
+            audio_lengths(self.inputs), self.inputs.get("video_second_per_grid"),
         )
         self._delta = deltas.to(self.device)
-        rows = torch.cat([prompt_rows, self.text_embedding(self.voice_bos), first_vector], dim=1)
+        self.positions = positions.to(self.device)
+        if self.start and not torch.equal(self._cache_positions, self.positions[:, :, :self.start]):
+            self.cache = DynamicCache(config=self.talker.config)  # numbered differently: run all rows
+            self.start = 0
+        # Prompt rows already in the cache (an earlier turn) are not run again.
+        rows = torch.cat([prompt_rows[:, self.start:], self.text_embedding(self.voice_bos), first_vector], dim=1)
         codec = self.talker.get_input_embeddings()
         # The mask path adds the codec pad/bos embeddings to the last two prefill rows.
         rows[:, -2] += codec(torch.tensor([self.talker.codec_pad_token], device=self.device))[0]
@@ -148,8 +195,8 @@ class TalkerStepper:
         self.ids = torch.cat([torch.full_like(ids, self.talker.codec_mask_token),
                               torch.tensor([[self.talker.codec_pad_token, self.talker.codec_bos_token]],
                                            device=self.device)], dim=1)
-        out = self.talker(inputs_embeds=rows, position_ids=positions.to(self.device), past_key_values=self.cache,
-                          use_cache=True)
+        out = self.talker(inputs_embeds=rows, position_ids=self.positions[:, :, self.start:],
+                          past_key_values=self.cache, use_cache=True)
         return self._take(out.logits)
 
     def step(self, reply_vector: torch.Tensor) -> int:

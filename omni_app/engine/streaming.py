@@ -9,6 +9,9 @@ is finished, and cancel is noticed within one chunk. The text, codes and wavefor
 the reference engine's for the same request and seed (the sampling settings, the
 Talker's mask path and the random streams are the same); only the waveform differs
 slightly at chunk joints because each window is decoded with limited context.
+
+Given its conversation's cache (:attr:`Job.slot`, see :mod:`.sessions`), a turn runs only
+the part of its prompt the cache does not hold, and leaves the cache for the next turn.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from collections.abc import Callable
 import torch
 
 from ..config import ServiceConfig
-from ..conversation import Conversation, PreparedInputs, build_inputs
+from ..conversation import Conversation
 from ..events import AudioChunk, Event, TextDelta, Trace
+from ..prompt import PreparedInputs, build_inputs
 from ..voices import split_sentences
 from .code2wav import StreamingCode2Wav, WindowDecoder
 from .common import TALKER_STOP_CODES, Cancel, EngineResult, Job, reason_for, to_device, to_int16
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
-from .stepper import TalkerStepper, ThinkerStepper
+from .sessions import CacheSlot, after_turn
+from .stepper import TalkerStepper, ThinkerStepper, prompt_positions
 from .text import IncrementalDecoder
 
 #: The user turn in exact-text mode; the reply is then forced to be the text itself.
@@ -37,6 +42,7 @@ class StreamingEngine:
 
     name = "streaming"
     speaks_text = True
+    reuses_cache = True
 
     def __init__(self, chunk_blocks: tuple[int, ...] = ServiceConfig.chunk_blocks) -> None:
         self.chunk_blocks = tuple(chunk_blocks)
@@ -50,7 +56,7 @@ class StreamingEngine:
         randomness = (_generator(job.seed, device), _generator(job.seed, "cpu"))
         request = job.request
         if request.speak_text is None:
-            reason = self._utterance(loaded, prepared, job, emit, cancel, run, randomness, None)
+            reason = self._utterance(loaded, prepared, job, emit, cancel, run, randomness, None, job.slot)
         else:
             # Exact-text speech: each sentence is the Thinker's reply, teacher-forced, so the
             # Talker gets exactly these words; sentences follow each other without a gap.
@@ -64,26 +70,34 @@ class StreamingEngine:
                 reason = self._utterance(loaded, segment_inputs, job, emit, cancel, run, randomness, forced)
         return EngineResult(reason, run.tokens, run.codes, run.stats(), run.trace())
 
-    def _utterance(self, loaded, prepared, job: Job, emit, cancel, run: "_Run", randomness, forced) -> str:
+    def _utterance(self, loaded, prepared, job: Job, emit, cancel, run: "_Run", randomness, forced,
+                   slot: CacheSlot | None = None) -> str:
         """One reply (or one forced sentence) through Thinker, Talker and code2wav."""
         model = loaded.model
-        inputs = to_device(prepared.tensors, loaded)
+        rope_inputs = to_device(prepared.rope_inputs(), loaded)
+        positions = prompt_positions(model.thinker, rope_inputs, prepared.use_audio_in_video)
+        # Continue the conversation's cache where it still holds this prompt's start.
+        cached = slot.take() if slot is not None else None
+        start = cached.reusable(prepared, positions) if cached is not None else 0
+        cached = cached.cropped(start) if start else None
+        first_media = sum(1 for m in prepared.media if m.start < start)
+        inputs = to_device({"input_ids": prepared.input_ids, **prepared.media_tensors(first_media)}, loaded)
+        run.reused = start
         limits = job.limits
         max_tokens = len(forced) if forced is not None else limits.max_new_tokens
         eos_ids = set(_eos_ids(model))
         voice = job.voice
         decoder = IncrementalDecoder(loaded.processor.tokenizer)
-        thinker = ThinkerStepper(model.thinker, inputs, prepared.use_audio_in_video, want_vectors=voice is not None,
-                                 forced=forced)
-        vectors: list[torch.Tensor] = []  # vectors[j] = reply vector of token j
+        thinker = ThinkerStepper(model.thinker, inputs, prepared.use_audio_in_video, forced=forced,
+                                 positions=positions, cache=cached.cache if cached else None,
+                                 rows=cached.rows if cached else None)
+        vectors = thinker.vectors  # vectors[j] = reply vector of token j
 
         def thinker_step() -> None:
             if not thinker.tokens:
                 token = run.timed("thinker", thinker.prefill)
             else:
-                token, vector = run.timed("thinker", thinker.step)
-                if vector is not None:
-                    vectors.append(vector)
+                token, _ = run.timed("thinker", thinker.step)
             run.mark("token")
             delta = decoder.push(token)
             if delta:
@@ -96,9 +110,11 @@ class StreamingEngine:
         talker = audio = None
         if voice is not None:
             speaker = voice.as_speaker()
-            talker = TalkerStepper(model.talker, model.thinker.get_input_embeddings(), inputs,
+            talker = TalkerStepper(model.talker, model.thinker.get_input_embeddings(), rope_inputs,
                                    prepared.use_audio_in_video, voice.bos_token, job.request.speech_sampling,
-                                   randomness[0], model.token2wav.code2wav_dit_model.config.num_embeds)
+                                   randomness[0], model.token2wav.code2wav_dit_model.config.num_embeds,
+                                   cache=cached.talker_cache if cached else None,
+                                   cache_positions=cached.talker_positions if cached else None)
             noise = torch.randn((1, 2 * limits.max_codec_codes, 80), generator=randomness[1])
             audio = StreamingCode2Wav(WindowDecoder(model.token2wav, speaker["cond"], speaker["ref_mel"]), noise,
                                       self.chunk_blocks)
@@ -129,6 +145,8 @@ class StreamingEngine:
         tail = decoder.flush()
         if tail:
             emit(TextDelta(tail))
+        if slot is not None:
+            slot.keep(after_turn(prepared, thinker, talker, cached))
         codes = list(audio.codes) if audio is not None else []
         run.prompt_ids = inputs["input_ids"][0].tolist()
         run.reply_ids += thinker.tokens
@@ -174,6 +192,8 @@ class _Run:
         self.reply_ids: list[int] = []
         self.all_codes: list[int] = []
         self.chunks: list = []
+        #: Prompt tokens the conversation's cache already held (not run again).
+        self.reused = 0
 
     def trace(self) -> Trace:
         return Trace(prompt_ids=tuple(self.prompt_ids), reply_ids=tuple(self.reply_ids), codes=tuple(self.all_codes),
@@ -202,6 +222,8 @@ class _Run:
     def stats(self) -> dict[str, float]:
         tokens, codes = self.tokens, self.codes
         extra = {f"{k}_seconds": v for k, v in self.seconds.items()}
+        extra["prompt_tokens"] = float(len(self.prompt_ids))
+        extra["reused_tokens"] = float(self.reused)
         if self.seconds["thinker"] > 0:
             extra["thinker_tokens_per_s"] = tokens / self.seconds["thinker"]
         if self.seconds["talker"] > 0:

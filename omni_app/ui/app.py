@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gradio as gr
 
+from ..config import TABS, check_tabs
 from . import image_qa, inside_tab, video_chat, voice_chat, voice_clone
 from .context import AppContext
 from .mic import LiveMicrophone
@@ -26,34 +29,43 @@ def banner_text(app: AppContext) -> str:
     return f"Model: {info.description}"
 
 
-def build_app(app: AppContext) -> gr.Blocks:
-    """Compose the tabs. Launch with ``.queue().launch()`` (see app.py)."""
+def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1) -> gr.Blocks:
+    """Compose the ``tabs`` (ids from :data:`~omni_app.config.TABS`, shown in that order).
+
+    ``concurrency`` replies are generated at once (one per GPU worker on ZeroGPU; one model
+    in this process serves one at a time). Launch with ``.queue().launch()`` (see app.py).
+    """
+    tabs = check_tabs(tabs)
     with gr.Blocks(title="omni_app · Qwen2.5-Omni") as demo:
         gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
                     "speech while it is still being generated.")
         gr.Markdown(banner_text(app), elem_id="banner")
-        live = LiveMicrophone(app.vad)
-        stores, pickers, tabs = [], [], {}
+        # One live microphone for the chat tabs (gradio runs one streaming recorder per page).
+        live = LiveMicrophone(app.vad) if {"voice", "video"} & set(tabs) else None
+        pickers, shown = [], {}
         with gr.Tabs():
-            for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat)):
-                with gr.Tab(title, id=tab_id) as tabs[tab_id]:
-                    store, picker = module.build(app, GPU_QUEUE, live)
-                    stores.append(store)
+            for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
+                                          ("image", "Image Q&A", image_qa)):
+                if tab_id not in tabs:
+                    continue
+                with gr.Tab(title, id=tab_id) as shown[tab_id]:
+                    chat_tab = tab_id in ("voice", "video")  # they hear the live microphone
+                    _, picker = module.build(app, GPU_QUEUE, live) if chat_tab else module.build(app, GPU_QUEUE)
                     pickers.append(picker)
-            with gr.Tab("Image Q&A", id="image") as tabs["image"]:
-                store, picker = image_qa.build(app, GPU_QUEUE)
-                stores.append(store)
-                pickers.append(picker)
-            with gr.Tab("Voice cloning TTS", id="tts") as tabs["tts"]:
-                voice_clone.build(app, GPU_QUEUE, pickers)
-            with gr.Tab("Inside the model", id="inside") as tabs["inside"]:
-                inside_tab.build(app, GPU_QUEUE)
-        live.wire(tabs, first="voice")
+            if "tts" in tabs:
+                with gr.Tab("Voice cloning TTS", id="tts") as shown["tts"]:
+                    voice_clone.build(app, GPU_QUEUE, pickers)
+            if "inside" in tabs:
+                with gr.Tab("Inside the model", id="inside") as shown["inside"]:
+                    inside_tab.build(app, GPU_QUEUE)
+        if live is not None:
+            live.wire(shown, first=tabs[0])
+        # Every model event shares one concurrency group; gradio applies its lowest limit.
+        for fn in demo.fns.values():
+            if fn.concurrency_id == GPU_QUEUE:
+                fn.concurrency_limit = concurrency
 
         def forget(request: gr.Request):
-            for store in stores:
-                for key in store.drop(request):
-                    app.backend.end_session(key)
             app.drop_session(request)
 
         demo.unload(forget)

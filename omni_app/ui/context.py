@@ -1,9 +1,7 @@
-"""What every tab shares: the backend, the limits, and per-session voices and last replies."""
+"""What every tab shares: the backend, the limits, and the browser sessions."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..api import Backend
@@ -12,10 +10,10 @@ from ..conversation import Conversation
 from ..errors import RequestError
 from ..events import Done
 from ..vad import VadOptions
-from .session import session_key
+from .session import Sessions, session_key
 from .speech import SpeechStore
 
-#: Browser sessions whose last reply and own voices are kept (API clients never unload).
+#: Browser sessions kept (API clients never unload); the least recently used go first.
 MAX_SESSIONS = 500
 
 
@@ -28,7 +26,7 @@ class LastReply:
 
 
 class AppContext:
-    """The backend and the app-wide settings, plus the little the app keeps per session."""
+    """The backend and the app-wide settings, plus the browser sessions (one object each)."""
 
     def __init__(self, backend: Backend, limits: GenerationLimits = GenerationLimits(),
                  media: MediaLimits = MediaLimits(), vad: VadOptions = VadOptions()) -> None:
@@ -39,66 +37,51 @@ class AppContext:
         self.vad = vad
         #: Replies' speech on its way to the page, and the WAV files written of it.
         self.speech = SpeechStore()
-        self._lock = threading.Lock()
-        #: Per session: the voices it made (shown name -> (id the backend knows it by, base voice)).
-        self._voices: OrderedDict[str, dict[str, tuple[str, str]]] = OrderedDict()
-        #: Per session: its last reply in any tab, for the "inside the model" tab.
-        self._last: OrderedDict[str, LastReply] = OrderedDict()
+        #: Every browser session's chats, voices and last reply; what the backend keeps for
+        #: a chat is released when its session goes (and on Clear).
+        self.sessions = Sessions(MAX_SESSIONS, on_end=backend.end_session)
 
     @property
     def info(self):
         return self.backend.info
 
+    def _voices(self, request) -> dict[str, tuple[str, str]]:
+        session = self.sessions.find(request)
+        return session.voices if session is not None else {}
+
     def voices_for(self, request) -> list[str]:
         """Voice names this browser session can pick: stock, saved, then its own."""
         listed = self.backend.voices()
-        own = self._voices.get(session_key(request), {})
-        return listed + [name for name in own if name not in listed]
+        return listed + [name for name in self._voices(request) if name not in listed]
 
     def add_session_voice(self, name: str, voice_id: str, base: str, request) -> None:
         """Remember a voice this session made: its name, the backend's id for it, its base."""
         if name in self.backend.stock_voices():
             raise RequestError(f"{name!r} is a stock voice; choose another name.")
-        with self._lock:
-            self._put(self._voices, session_key(request), {}).update({name: (voice_id, base)})
+        self.sessions.get(request).voices[name] = (voice_id, base)
 
     def resolve_voice(self, name: str | None, request) -> str | None:
         """The id of the voice a session calls ``name`` (its own voices first)."""
         if name is None:
             return None
-        return self._voices.get(session_key(request), {}).get(name, (name, ""))[0]
+        return self._voices(request).get(name, (name, ""))[0]
 
     def base_voice(self, name: str, request) -> str:
         """The stock voice ``name`` is built on (itself if it is one; else the default voice)."""
         stock = self.backend.stock_voices()
         if name in stock:
             return name
-        return self._voices.get(session_key(request), {}).get(name, ("", stock[0]))[1] or stock[0]
+        return self._voices(request).get(name, ("", stock[0]))[1] or stock[0]
 
     def remember(self, request, reply: LastReply) -> None:
-        with self._lock:
-            self._last.pop(session_key(request), None)
-            self._put(self._last, session_key(request), reply)
+        self.sessions.get(request).last = reply
 
     def last(self, request) -> LastReply | None:
-        return self._last.get(session_key(request))
+        session = self.sessions.find(request)
+        return session.last if session is not None else None
 
     def drop_session(self, request) -> None:
-        """The browser session ended: forget its voices and last reply, remove its files."""
-        with self._lock:
-            self._voices.pop(session_key(request), None)
-            self._last.pop(session_key(request), None)
+        """The browser tab unloaded: its chats, voices and last reply go, and the backend's state for
+        them; the speech files it was played are removed."""
+        self.sessions.drop(request)
         self.speech.drop_session(session_key(request))
-
-    @property
-    def sessions(self) -> int:
-        """Sessions with anything kept (for tests of the bounds)."""
-        return len(set(self._voices) | set(self._last))
-
-    @staticmethod
-    def _put(store: OrderedDict, key: str, value):
-        entry = store.setdefault(key, value)
-        store.move_to_end(key)
-        while len(store) > MAX_SESSIONS:
-            store.popitem(last=False)
-        return entry

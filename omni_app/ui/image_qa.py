@@ -26,7 +26,7 @@ EXAMPLES = [
 
 def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
-    sessions = SessionStore("image")
+    sessions = app.sessions.tab("image")
     voices = app.backend.voices()
     with gr.Row():
         with gr.Column(scale=2):
@@ -50,7 +50,7 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
             clear = gr.Button("New image / clear")
 
     @shown
-    def answer(picture, text, recorded, voice_name, speak_on, sent_at=None, request: gr.Request = None):
+    def answer(picture, text, recorded, voice_name, speak_on, request: gr.Request, sent_at=None):
         if picture is None:
             raise RequestError("Add an image first: upload, paste or take one with the webcam.")
         has_text = bool(text and text.strip())

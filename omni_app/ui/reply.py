@@ -121,6 +121,12 @@ def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: s
                                                 session=session.key), cancel):
             if not current():
                 return
+            if isinstance(event, Notice) and event.queue_position is not None:
+                status = f"⏳ {event.message}"  # still waiting for the model: nothing is made yet
+                yield list(session.messages), speech.value, status, None
+                continue
+            if status.startswith("⏳"):
+                status = "Thinking…"
             speech.start()
             if isinstance(event, TextDelta):
                 text += event.text
@@ -139,7 +145,7 @@ def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: s
                 app.remember(request, LastReply(conversation, event))
                 status = format_status(event, requested - turn.at)
                 speech.finish()
-                # A session's key is "tab:browser session" (see SessionStore).
+                # A chat's key is "tab:browser session" (see Sessions.chat).
                 tab, _, browser = session.key.partition(":")
                 wav = app.speech.save_wav(browser, tab, speech)
                 yield list(session.messages), speech.value, status, wav

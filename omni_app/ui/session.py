@@ -1,10 +1,18 @@
-"""Per-browser-session state, kept per tab and keyed by gradio's session hash."""
+"""Per-browser-session state: one object per browser session, one store, one eviction policy.
+
+A :class:`BrowserSession` holds everything the app keeps for a browser session: the chat
+of each tab (:class:`ChatSession`), the voices it made and its last reply. :class:`Sessions`
+keeps them least recently used first; a session leaves it when its browser tab unloads or
+when more than ``limit`` sessions are open (API clients never unload), and whatever the
+backend kept for its chats is released then (``Backend.end_session``), as it is on Clear.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,10 +35,13 @@ class ChatSession:
     detector: object | None = None  # omni_app.vad.TurnDetector, created on first audio
     #: Utterances waiting to be answered (oldest first): (16 kHz audio, monotonic end time).
     turns: deque = field(default_factory=deque)
-    #: Webcam frames (monotonic time, RGB array) of about the last minute (2 per second).
+    #: Webcam frames (monotonic time, RGB array at the model's resolution) of about the
+    #: last minute (2 per second).
     frames: deque = field(default_factory=lambda: deque(maxlen=120))
     turn_count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Called with ``key`` when the conversation ends (Clear, or the session goes away).
+    on_end: Callable[[str], None] | None = None
 
     def cancel_reply(self) -> None:
         """Stop the reply being generated, if any."""
@@ -53,9 +64,34 @@ class ChatSession:
         with self.lock:
             if self.detector is not None:
                 self.detector.reset()
+        self.end()
+
+    def end(self) -> None:
+        """Tell the backend this conversation is over (what it kept for it is freed)."""
+        if self.on_end is not None:
+            self.on_end(self.key)
 
     def add_frame(self, frame: np.ndarray) -> None:
         self.frames.append((time.monotonic(), frame))
+
+
+@dataclass
+class BrowserSession:
+    """Everything the app keeps for one browser session."""
+
+    key: str
+    #: Tab name -> its chat.
+    chats: dict[str, ChatSession] = field(default_factory=dict)
+    #: Voices this session made: shown name -> (the backend's id for it, its base voice).
+    voices: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: Its last reply in any tab (an ``omni_app.ui.context.LastReply``), for the inside tab.
+    last: object | None = None
+
+    def end(self) -> None:
+        """Stop its replies and release what the backend kept for its chats."""
+        for chat in self.chats.values():
+            chat.stop()
+            chat.end()
 
 
 def session_key(request) -> str:
@@ -63,40 +99,73 @@ def session_key(request) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-class SessionStore:
-    """Sessions of one tab. Entries are dropped when the browser tab unloads.
+class Sessions:
+    """All browser sessions, least recently used first, at most ``limit``."""
 
-    API clients never unload, so the least recently used sessions beyond ``limit`` are
-    dropped too.
-    """
-
-    def __init__(self, name: str, limit: int = 500) -> None:
-        #: The tab's name: sessions of different tabs are different conversations.
-        self.name = name
-        self._sessions: OrderedDict[str, ChatSession] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, limit: int = 500, on_end: Callable[[str], None] | None = None) -> None:
         self.limit = limit
+        #: Called with a chat's key when its conversation ends (``Backend.end_session``).
+        self.on_end = on_end
+        self._sessions: OrderedDict[str, BrowserSession] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def get(self, request) -> ChatSession:
+    def get(self, request) -> BrowserSession:
+        """The request's session (created if new), now the most recently used."""
         key = session_key(request)
+        evicted = []
         with self._lock:
-            if key not in self._sessions:
-                self._sessions[key] = ChatSession(key=f"{self.name}:{key}")
+            session = self._sessions.get(key)
+            if session is None:
+                session = self._sessions[key] = BrowserSession(key)
                 while len(self._sessions) > self.limit:
-                    _, oldest = self._sessions.popitem(last=False)
-                    oldest.cancel_reply()
+                    evicted.append(self._sessions.popitem(last=False)[1])
             self._sessions.move_to_end(key)
-            return self._sessions[key]
+        for old in evicted:
+            old.end()
+        return session
 
-    def drop(self, request) -> list[str]:
-        """Forget a browser session; returns the keys of what was dropped."""
-        key = session_key(request)
+    def find(self, request) -> BrowserSession | None:
+        """The request's session if it exists (reading never creates one)."""
+        return self._sessions.get(session_key(request))
+
+    def chat(self, request, tab: str) -> ChatSession:
+        """The session's chat in ``tab``."""
+        session = self.get(request)
         with self._lock:
-            session = self._sessions.pop(key, None)
-        if session is None:
-            return []
-        session.stop()
-        return [session.key]
+            if tab not in session.chats:
+                session.chats[tab] = ChatSession(key=f"{tab}:{session.key}", on_end=self.on_end)
+            return session.chats[tab]
+
+    def drop(self, request) -> None:
+        """The browser tab unloaded: forget its session and release what the backend kept."""
+        with self._lock:
+            session = self._sessions.pop(session_key(request), None)
+        if session is not None:
+            session.end()
+
+    def tab(self, name: str) -> SessionStore:
+        """The chats of one tab."""
+        return SessionStore(name, self)
+
+    def count(self, tab: str) -> int:
+        """Sessions with a chat in ``tab``."""
+        with self._lock:
+            return sum(tab in s.chats for s in self._sessions.values())
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+class SessionStore:
+    """One tab's view of the sessions: each browser session's chat in this tab."""
+
+    def __init__(self, name: str, sessions: Sessions | None = None) -> None:
+        #: The tab's name: sessions of different tabs are different conversations.
+        self.name = name
+        self.sessions = sessions if sessions is not None else Sessions()
+
+    def get(self, request) -> ChatSession:
+        return self.sessions.chat(request, self.name)
+
+    def __len__(self) -> int:
+        return self.sessions.count(self.name)

@@ -23,7 +23,7 @@ LEAD_SECONDS = 0.5
 def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; turns heard by
     the ``live`` microphone while the tab is shown are answered here."""
-    sessions = SessionStore("video")
+    sessions = app.sessions.tab("video")
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
@@ -42,9 +42,10 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
     def on_frame(frame, request: gr.Request):
         if frame is None:
             return gr.skip()
-        session = sessions.get(request)
-        session.add_frame(frame)
-        return model_view(frame, app)
+        # Kept at the model's resolution: a minute of raw 1080p frames would be ~750 MB.
+        view = model_view(frame, app)
+        sessions.get(request).add_frame(view)
+        return view
 
     @shown
     def video_reply_to_turn(voice_name, speak_on, request: gr.Request):

@@ -19,7 +19,7 @@ from .widgets import reply_controls, reply_view, turn_stamp
 def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; turns heard by
     the ``live`` microphone while the tab is shown are answered here."""
-    sessions = SessionStore("voice")
+    sessions = app.sessions.tab("voice")
     with gr.Row():
         with gr.Column(scale=3):
             chat, status, speech, replay = reply_view("voice", app)
@@ -45,7 +45,7 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
                              TurnEnd(ended))
 
     @shown
-    def reply_to_text(message, voice_name, speak_on, sent_at=None, request: gr.Request = None):
+    def reply_to_text(message, voice_name, speak_on, request: gr.Request, sent_at=None):
         if not message or not message.strip():
             raise RequestError("Type a message first.")
         chosen = app.resolve_voice(voice_name, request) if speak_on else None
@@ -53,7 +53,7 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
                              TurnEnd.from_browser(sent_at))
 
     @shown
-    def reply_to_recording(recorded, voice_name, speak_on, sent_at=None, request: gr.Request = None):
+    def reply_to_recording(recorded, voice_name, speak_on, request: gr.Request, sent_at=None):
         if recorded is None:
             raise RequestError("Record something first (or upload an audio file).")
         audio = audio_from_array(recorded[1], recorded[0], app.media)

@@ -79,11 +79,11 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
                                                                  for _ in chat_voice_pickers]
 
     @shown
-    def read(words, voice_name, sent_at=None, request: gr.Request = None):
+    def read(words, voice_name, request: gr.Request, sent_at=None):
         yield from _speak(words, app.resolve_voice(voice_name, request), request, TurnEnd.from_browser(sent_at))
 
     @shown
-    def read_with_stock(words, voice_name, sent_at=None, request: gr.Request = None):
+    def read_with_stock(words, voice_name, request: gr.Request, sent_at=None):
         yield from _speak(words, app.base_voice(voice_name, request), request, TurnEnd.from_browser(sent_at))
 
     def _speak(words, voice_id, request, turn: TurnEnd):
