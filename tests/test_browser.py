@@ -131,7 +131,8 @@ def wait_for_event(page, name: str, kind: str, count: int = 1) -> list[dict]:
     except TimeoutError:
         pytest.fail(f"no {kind} event #{count} from the {name} player; it says "
                     f"{page.locator(f'#{name}-speech').inner_text()!r}, its events: {player(page, name, 'events')}, "
-                    f"status {page.locator(f'#{name}-status').inner_text()!r}; the app's log ends:\n"
+                    f"status {page.locator(f'#{name}-status').inner_text()!r}; errors in the page: {page.errors}; "
+                    f"the app's log ends:\n"
                     + "\n".join(page.app_log.read_text().splitlines()[-15:]))
     return [e for e in player(page, name, "events") if e["type"] == kind]
 
