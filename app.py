@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from omni_app.cli import add_backend_options, open_backend, quiet_libraries
 from omni_app.config import TABS, GenerationLimits, MediaLimits, check_tabs
 from omni_app.errors import OmniError
+from omni_app.vad import VadOptions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -23,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="longest reply in text tokens (default: %(default)s)")
     parser.add_argument("--max-speech-seconds", type=float, default=GenerationLimits.max_speech_seconds,
                         help="longest spoken reply (default: %(default)s)")
+    parser.add_argument("--vad-silence-ms", type=int, default=VadOptions.min_silence_ms,
+                        help="pause that ends a spoken turn, in ms; users can change it in the chat tabs "
+                             "(default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
     parser.add_argument("--tabs", default=",".join(TABS),
@@ -36,6 +41,7 @@ def main(argv=None) -> int:
     logging.getLogger("omni_app").setLevel(logging.INFO)
     try:
         limits = GenerationLimits(max_new_tokens=args.max_new_tokens, max_speech_seconds=args.max_speech_seconds)
+        vad = VadOptions(min_silence_ms=args.vad_silence_ms)
         tabs = check_tabs(args.tabs.split(","), "--tabs")
         backend = open_backend(args, warmup=not args.no_warmup)
     except OmniError as exc:
@@ -44,9 +50,15 @@ def main(argv=None) -> int:
     from omni_app.ui.app import CSS, build_app
     from omni_app.ui.context import AppContext
 
-    demo = build_app(AppContext(backend, limits, MediaLimits()), tabs=tabs)
+    context = AppContext(backend, limits, MediaLimits(), vad)
+    demo = build_app(context, tabs=tabs)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
+    # A plain `kill` ends the app through the `finally` below, which removes its speech files.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
+    finally:
+        context.speech.close()
     return 0
 
 

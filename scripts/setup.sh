@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Set up everything omni_app needs on a fresh machine (idempotent, fast when done):
-#   - system packages: ffmpeg (media decoding, streamed audio), espeak-ng and sox (test speech),
-#     chromium (browser tests)
+#   - system packages: ffmpeg (media decoding), espeak-ng and sox (test speech), chromium
+#     (browser tests), nodejs (tests of the page's speech player logic)
 #   - a Python 3.11 virtual environment in .venv with requirements-dev.txt
 # Usage: scripts/setup.sh            (sourced by scripts/run.sh and scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SYSTEM_PACKAGES=(ffmpeg espeak-ng sox chromium)
+# command:package (the package is named like the command unless given)
+SYSTEM_PACKAGES=(ffmpeg espeak-ng sox chromium node:nodejs)
 missing=()
-for pkg in "${SYSTEM_PACKAGES[@]}"; do
-  command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+for entry in "${SYSTEM_PACKAGES[@]}"; do
+  command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry##*:}")
 done
 if ((${#missing[@]})); then
   echo "setup: installing system packages: ${missing[*]}"

@@ -190,7 +190,9 @@ def test_the_built_zerogpu_space_queues_answers_and_tells_a_visitor_when_the_quo
         list(second)
         assert first.outputs()[-1][0][-1]["content"][0]["text"].strip()
         assert second.outputs()[-1][0][-1]["content"][0]["text"].strip()
-        assert any(isinstance(u[1], dict) and (u[1].get("url") or u[1].get("path")) for u in updates)
+        # The speech reached the page's player chunk by chunk, and its WAV came after it.
+        assert any(isinstance(u[1], str) and '"seq"' in u[1] for u in updates)
+        assert first.outputs()[-1][3]["url"]
         mode("quota")
         # A signed-in visitor: ZeroGPU tells how long until their quota is back.
         token = "x." + base64.urlsafe_b64encode(b'{"user": "visitor"}').decode().rstrip("=") + ".y"

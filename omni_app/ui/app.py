@@ -9,6 +9,7 @@ import gradio as gr
 from ..config import TABS, check_tabs
 from . import image_qa, inside_tab, video_chat, voice_chat, voice_clone
 from .context import AppContext
+from .mic import LiveMicrophone
 
 #: All model work shares one queue: one GPU never runs two generations at once.
 GPU_QUEUE = "model"
@@ -39,21 +40,26 @@ def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1)
         gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
                     "speech while it is still being generated.")
         gr.Markdown(banner_text(app), elem_id="banner")
-        pickers = []
+        # One live microphone for the chat tabs (gradio runs one streaming recorder per page).
+        live = LiveMicrophone(app.vad) if {"voice", "video"} & set(tabs) else None
+        pickers, shown = [], {}
         with gr.Tabs():
             for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
                                           ("image", "Image Q&A", image_qa)):
                 if tab_id not in tabs:
                     continue
-                with gr.Tab(title, id=tab_id):
-                    _, picker = module.build(app, GPU_QUEUE)
+                with gr.Tab(title, id=tab_id) as shown[tab_id]:
+                    chat_tab = tab_id in ("voice", "video")  # they hear the live microphone
+                    _, picker = module.build(app, GPU_QUEUE, live) if chat_tab else module.build(app, GPU_QUEUE)
                     pickers.append(picker)
             if "tts" in tabs:
-                with gr.Tab("Voice cloning TTS", id="tts"):
+                with gr.Tab("Voice cloning TTS", id="tts") as shown["tts"]:
                     voice_clone.build(app, GPU_QUEUE, pickers)
             if "inside" in tabs:
-                with gr.Tab("Inside the model", id="inside"):
+                with gr.Tab("Inside the model", id="inside") as shown["inside"]:
                     inside_tab.build(app, GPU_QUEUE)
+        if live is not None:
+            live.wire(shown, first=tabs[0])
         # Every model event shares one concurrency group; gradio applies its lowest limit.
         for fn in demo.fns.values():
             if fn.concurrency_id == GPU_QUEUE:

@@ -9,7 +9,9 @@ from ..config import GenerationLimits, MediaLimits
 from ..conversation import Conversation
 from ..errors import RequestError
 from ..events import Done
-from .session import Sessions
+from ..vad import VadOptions
+from .session import Sessions, session_key
+from .speech import SpeechStore
 
 #: Browser sessions kept (API clients never unload); the least recently used go first.
 MAX_SESSIONS = 500
@@ -27,10 +29,14 @@ class AppContext:
     """The backend and the app-wide settings, plus the browser sessions (one object each)."""
 
     def __init__(self, backend: Backend, limits: GenerationLimits = GenerationLimits(),
-                 media: MediaLimits = MediaLimits()) -> None:
+                 media: MediaLimits = MediaLimits(), vad: VadOptions = VadOptions()) -> None:
         self.backend = backend
         self.limits = limits
         self.media = media
+        #: Turn-taking defaults (the chat tabs let each user change the end-of-turn pause).
+        self.vad = vad
+        #: Replies' speech on its way to the page, and the WAV files written of it.
+        self.speech = SpeechStore()
         #: Every browser session's chats, voices and last reply; what the backend keeps for
         #: a chat is released when its session goes (and on Clear).
         self.sessions = Sessions(MAX_SESSIONS, on_end=backend.end_session)
@@ -75,5 +81,7 @@ class AppContext:
         return session.last if session is not None else None
 
     def drop_session(self, request) -> None:
-        """The browser tab unloaded: its chats, voices and last reply go, and the backend's state for them."""
+        """The browser tab unloaded: its chats, voices and last reply go, and the backend's state for
+        them; the speech files it was played are removed."""
         self.sessions.drop(request)
+        self.speech.drop_session(session_key(request))

@@ -11,8 +11,10 @@ from ..errors import RequestError
 from ..media import audio_from_array, load_image
 from .context import AppContext
 from .errors import shown
-from .reply import run_reply
+from .player import STAMP_JS, replay_player, speech_player, stop_js
+from .reply import TurnEnd, run_reply
 from .session import SessionStore
+from .widgets import turn_stamp
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLES = [
@@ -36,18 +38,19 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
                 voice = gr.Dropdown(voices, value=voices[0], label="Voice")
                 speak = gr.Checkbox(True, label="Speak the answer")
             ask = gr.Button("Ask", variant="primary", elem_id="image-ask")
+            stamp = turn_stamp()
             examples = [[str(ASSETS / name), q] for name, q in EXAMPLES if (ASSETS / name).is_file()]
             if examples:
                 gr.Examples(examples, inputs=[image, question], label="Examples")
         with gr.Column(scale=3):
             chat = gr.Chatbot(label="Answers", height=420, elem_id="image-chat")
             status = gr.Markdown("", elem_id="image-status")
-            reply_audio = gr.Audio(label="Spoken answer", streaming=True, autoplay=True, interactive=False,
-                                   elem_id="image-reply")
+            speech = speech_player("image", app.speech)
+            replay = replay_player("image-replay", "Replay or download the spoken answer")
             clear = gr.Button("New image / clear")
 
     @shown
-    def answer(picture, text, recorded, voice_name, speak_on, request: gr.Request):
+    def answer(picture, text, recorded, voice_name, speak_on, request: gr.Request, sent_at=None):
         if picture is None:
             raise RequestError("Add an image first: upload, paste or take one with the webcam.")
         has_text = bool(text and text.strip())
@@ -63,15 +66,16 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         session.conversation = Conversation()
         shown = ("(image) " + text.strip()) if has_text else "(image, spoken question)"
         chosen = app.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(app, session, parts, shown, chosen, request)
+        yield from run_reply(app, session, parts, shown, chosen, request, TurnEnd.from_browser(sent_at))
 
     @shown
     def image_on_clear(request: gr.Request):
         sessions.get(request).clear()
-        return [], None, "", None, "", None
+        return [], "", "", None, None, "", None
 
-    ask.click(answer, inputs=[image, question, spoken, voice, speak], outputs=[chat, reply_audio, status],
-              concurrency_limit=1, concurrency_id=gpu_queue, api_name="image_qa")
-    clear.click(image_on_clear, outputs=[chat, reply_audio, status, image, question, spoken], queue=False,
-                api_visibility="private")
+    ask.click(answer, inputs=[image, question, spoken, voice, speak, stamp], js=STAMP_JS,
+              outputs=[chat, speech, status, replay], concurrency_limit=1, concurrency_id=gpu_queue,
+              show_progress_on=[chat], api_name="image_qa")
+    clear.click(image_on_clear, js=stop_js("image"), outputs=[chat, speech, status, replay, image, question, spoken],
+                queue=False, api_visibility="private")
     return sessions, voice

@@ -1,4 +1,4 @@
-"""The reply loop shared by every tab: model events in, chat view / audio / status out.
+"""The reply loop shared by every tab: model events in, chat view / speech / status out.
 
 A failed turn is taken back out of the shown history here, so the session goes on as it
 was; the error itself reaches the browser through :func:`omni_app.ui.errors.shown`.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -21,32 +22,88 @@ from .session import ChatSession
 
 log = logging.getLogger(__name__)
 
+#: A browser stamp further off than this is a wrong clock, not a wait.
+MAX_BROWSER_WAIT = 3600.0
 
-def format_status(done: Done) -> str:
-    """One line per reply: time to first text and audio, real-time factor."""
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """When the user's turn ended: the status line's times count from here.
+
+    ``at`` is on this server's monotonic clock. ``stamp`` is the browser's own clock
+    (epoch seconds) for a turn sent by Enter or a click, echoed back to the page so its
+    "heard after" figure never mixes two clocks.
+    """
+
+    at: float
+    stamp: float | None = None
+
+    @classmethod
+    def now(cls) -> TurnEnd:
+        return cls(time.monotonic())
+
+    @classmethod
+    def from_browser(cls, stamp) -> TurnEnd:
+        """The turn the browser stamped when the user pressed Enter or clicked."""
+        try:
+            stamp = float(stamp)
+        except (TypeError, ValueError):
+            return cls.now()
+        if stamp <= 0:
+            return cls.now()
+        waited = time.time() - stamp
+        if not 0 <= waited <= MAX_BROWSER_WAIT:
+            return cls(time.monotonic(), stamp)  # the browser's clock is off: count from now
+        return cls(time.monotonic() - waited, stamp)
+
+    def for_page(self) -> dict:
+        """What the page needs to place the turn's end on its own clock."""
+        if self.stamp:
+            return {"at": self.stamp}
+        return {"ago": round(time.monotonic() - self.at, 3)}
+
+
+def format_status(done: Done, waited: float = 0.0) -> str:
+    """One line per reply, counted from the end of the user's turn.
+
+    ``waited`` is the time from the end of the turn until the request reached the model
+    service (the app's queue); the service's own wait for the model is added to it.
+    """
     s: Stats = done.stats
     parts = []
     if done.reason == "cancelled":
         parts.append("stopped")
     elif done.reason == "length":
         parts.append("cut at the length limit")
+    wait = max(0.0, waited) + s.queue_time
+    parts.append(f"waited {wait:.2f} s for the model" if wait >= 0.01 else "no wait for the model")
+    firsts = []
     if s.time_to_first_text is not None:
-        parts.append(f"first text {s.time_to_first_text:.2f} s")
+        firsts.append(f"first text {s.time_to_first_text - s.queue_time:.2f} s")
     if s.time_to_first_audio is not None:
-        parts.append(f"first audio {s.time_to_first_audio:.2f} s")
+        firsts.append(f"first audio {s.time_to_first_audio - s.queue_time:.2f} s after that "
+                      f"({max(0.0, waited) + s.time_to_first_audio:.2f} s after your turn ended)")
+    if firsts:
+        parts.append(", ".join(firsts))
     if s.audio_seconds:
         parts.append(f"{s.audio_seconds:.1f} s of speech, real-time factor {s.real_time_factor:.2f}")
-    parts.append(f"{s.text_tokens} tokens in {s.total_time:.2f} s")
+    parts.append(f"{s.text_tokens} tokens in {s.total_time - s.queue_time:.2f} s")
     return " · ".join(parts)
 
 
 def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: str,
-              voice: str | None, request=None) -> Iterator[tuple]:
-    """Answer one user turn. Yields ``(messages, audio, status)``; ``gr.skip()`` where unchanged."""
+              voice: str | None, request=None, turn: TurnEnd | None = None) -> Iterator[tuple]:
+    """Answer one user turn. Yields ``(messages, speech, status, replay WAV)``.
+
+    Every yield carries all four current values (unchanged ones cost nothing: gradio
+    sends differences), so the speech player sees each chunk exactly once.
+    """
+    turn = turn or TurnEnd.now()
     conversation = session.conversation.add_user(*parts)
     session.cancel_reply()  # a newer turn replaces a reply still running (barge-in)
     cancel = CancelToken()
     session.cancel = cancel
+    speech = app.speech.new_reply(voice is not None, turn.for_page(), app.limits.max_speech_seconds)
 
     def current() -> bool:
         # False once Clear (or a newer turn) took the session over: stop writing into it.
@@ -54,38 +111,50 @@ def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: s
 
     before = list(session.messages)
     session.messages = before + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
-    yield list(session.messages), gr.skip(), "Thinking…"
+    status = "Thinking…"
+    yield list(session.messages), speech.value, status, None
     text = ""
-    heard = False
+    requested = time.monotonic()
     log.info("reply started at %.3f", time.time())
     try:
         for event in app.backend.stream(Request(conversation, voice=voice, limits=app.limits,
                                                 session=session.key), cancel):
             if not current():
                 return
+            if isinstance(event, Notice) and event.queue_position is not None:
+                status = f"⏳ {event.message}"  # still waiting for the model: nothing is made yet
+                yield list(session.messages), speech.value, status, None
+                continue
+            if status.startswith("⏳"):
+                status = "Thinking…"
+            speech.start()
             if isinstance(event, TextDelta):
                 text += event.text
                 session.messages[-1] = {"role": "assistant", "content": text}
-                yield list(session.messages), gr.skip(), gr.skip()
             elif isinstance(event, AudioChunk):
-                if not heard:
-                    heard = True
+                if not speech.chunks:
                     log.info("first audio chunk sent at %.3f", time.time())
-                yield gr.skip(), (event.sample_rate, event.samples), gr.skip()
-            elif isinstance(event, Notice) and event.queue_position is not None:
-                yield gr.skip(), gr.skip(), f"⏳ {event.message}"
+                speech.add(event)
             elif isinstance(event, Notice):
                 gr.Warning(event.message)
+                continue
             elif isinstance(event, Done):
                 if not text:
                     session.messages[-1] = {"role": "assistant", "content": "…"}
                 session.conversation = conversation.add_assistant(text)
                 app.remember(request, LastReply(conversation, event))
-                yield list(session.messages), gr.skip(), format_status(event)
+                status = format_status(event, requested - turn.at)
+                speech.finish()
+                # A chat's key is "tab:browser session" (see Sessions.chat).
+                tab, _, browser = session.key.partition(":")
+                wav = app.speech.save_wav(browser, tab, speech)
+                yield list(session.messages), speech.value, status, wav
+                continue
+            yield list(session.messages), speech.value, status, None
     except Exception as exc:
         if current():
             session.messages = before
-        yield before, gr.skip(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The reply failed."
+        yield before, speech.finish(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The reply failed.", None
         raise
     finally:
         if current():

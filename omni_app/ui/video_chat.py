@@ -7,30 +7,36 @@ import numpy as np
 
 from ..conversation import AudioPart, VideoPart
 from ..media import frames_to_clip, smart_resize, video_frame_pixels
+from .call import END_CALL_JS, START_CALL_JS
 from .context import AppContext
 from .errors import shown
-from .mic import PAUSE_AUDIO_JS, feed_microphone, take_turn
-from .reply import run_reply
+from .mic import LiveMicrophone, take_turn
+from .player import stop_js
+from .reply import TurnEnd, run_reply
 from .session import ChatSession, SessionStore
-from .widgets import live_microphone, reply_controls, reply_view
+from .widgets import reply_controls, reply_view
 
 #: Frames from slightly before the speech started belong to the turn too.
 LEAD_SECONDS = 0.5
 
 
-def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
-    """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[SessionStore, gr.Dropdown]:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events; turns heard by
+    the ``live`` microphone while the tab is shown are answered here."""
     sessions = app.sessions.tab("video")
     with gr.Row():
         with gr.Column(scale=2):
+            with gr.Row():
+                start_call = gr.Button("Start call", variant="primary", elem_id="video-start-call")
+                end_call = gr.Button("End call", variant="stop", elem_id="video-end-call")
             camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
                               elem_id="video-camera")
-            mic, turn, barge = live_microphone("video")
+            turn, barge = live.route("video", sessions)
             preview = gr.Image(label="What the model sees (2 frames per second, model resolution)",
                                interactive=False, elem_id="video-preview")
         with gr.Column(scale=3):
-            chat, status, reply_audio = reply_view("video")
-            voice, speak, stop, clear = reply_controls(app.backend.voices())
+            chat, status, speech, replay = reply_view("video", app)
+            voice, speak, stop, clear = reply_controls("video", app.backend.voices())
 
     @shown
     def on_frame(frame, request: gr.Request):
@@ -40,10 +46,6 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         view = model_view(frame, app)
         sessions.get(request).add_frame(view)
         return view
-
-    @shown
-    def video_on_mic(chunk, request: gr.Request):
-        return feed_microphone(sessions.get(request), chunk)
 
     @shown
     def video_reply_to_turn(voice_name, speak_on, request: gr.Request):
@@ -59,27 +61,33 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         else:
             shown = f"(video: {len(part.clip.frames)} frames at 2 fps, spoken {seconds:.1f} s)"
         chosen = app.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(app, session, [part], shown, chosen, request)
+        yield from run_reply(app, session, [part], shown, chosen, request, TurnEnd(ended))
 
     @shown
     def video_on_stop(request: gr.Request):
         sessions.get(request).stop()
 
     @shown
+    def video_on_end_call(request: gr.Request):
+        sessions.get(request).stop()
+
+    @shown
     def video_on_clear(request: gr.Request):
         sessions.get(request).clear()
-        return [], None, ""
+        return [], "", "", None
 
-    outputs = [chat, reply_audio, status]
+    outputs = [chat, speech, status, replay]
     camera.stream(on_frame, inputs=[camera], outputs=[preview], stream_every=0.5, concurrency_limit=None,
                   show_progress="hidden", api_visibility="private")
-    mic.stream(video_on_mic, inputs=[mic], outputs=[turn, barge], stream_every=0.25, concurrency_limit=None,
-               show_progress="hidden", api_visibility="private")
-    barge.change(None, js=PAUSE_AUDIO_JS)
+    barge.change(None, js=stop_js("video"))
     by_voice = turn.change(video_reply_to_turn, inputs=[voice, speak], outputs=outputs, concurrency_limit=1,
-                           concurrency_id=gpu_queue, api_visibility="private")
-    stop.click(video_on_stop, js=PAUSE_AUDIO_JS, queue=False, cancels=[by_voice], api_visibility="private")
-    clear.click(video_on_clear, outputs=outputs, queue=False, cancels=[by_voice], api_visibility="private")
+                           concurrency_id=gpu_queue, show_progress_on=[chat], api_visibility="private")
+    start_call.click(None, js=START_CALL_JS)
+    stop.click(video_on_stop, js=stop_js("video"), queue=False, cancels=[by_voice], api_visibility="private")
+    # Ending the call also stops the reply, as Stop does.
+    end_call.click(video_on_end_call, js=END_CALL_JS, queue=False, cancels=[by_voice], api_visibility="private")
+    clear.click(video_on_clear, js=stop_js("video"), outputs=outputs, queue=False, cancels=[by_voice],
+                api_visibility="private")
     return sessions, voice
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-import tempfile
+import time
 
 import gradio as gr
-import numpy as np
 
 from ..api import CancelToken, Request
-from ..errors import RequestError
+from ..errors import OmniError, RequestError
 from ..events import AudioChunk, Done
 from ..media import audio_from_array
 from .context import AppContext
 from .errors import shown
-from .reply import format_status
+from .player import STAMP_JS, replay_player, speech_player, stop_js
+from .reply import TurnEnd, format_status
+from .session import session_key
+from .widgets import turn_stamp
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,11 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
             with gr.Row():
                 speak = gr.Button("Speak", variant="primary", elem_id="tts-speak")
                 compare = gr.Button("Compare with stock voice", elem_id="tts-compare")
-                stop = gr.Button("Stop", variant="stop")
+                stop = gr.Button("Stop", variant="stop", elem_id="tts-stop")
+            stamp = turn_stamp()
             status = gr.Markdown("", elem_id="tts-status")
-            spoken = gr.Audio(label="Speech", streaming=True, autoplay=True, interactive=False, elem_id="tts-audio")
+            speech = speech_player("tts", app.speech)
+            replay = replay_player("tts-replay", "Replay the speech")
             download = gr.File(label="Download WAV", interactive=False, elem_id="tts-download")
         with gr.Column(scale=2):
             gr.Markdown("### Make a voice from a recording (3-30 s of one person speaking)")
@@ -75,54 +79,53 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
                                                                  for _ in chat_voice_pickers]
 
     @shown
-    def read(words, voice_name, request: gr.Request):
-        yield from _speak(words, app.resolve_voice(voice_name, request), request)
+    def read(words, voice_name, request: gr.Request, sent_at=None):
+        yield from _speak(words, app.resolve_voice(voice_name, request), request, TurnEnd.from_browser(sent_at))
 
     @shown
-    def read_with_stock(words, voice_name, request: gr.Request):
-        yield from _speak(words, app.base_voice(voice_name, request), request)
+    def read_with_stock(words, voice_name, request: gr.Request, sent_at=None):
+        yield from _speak(words, app.base_voice(voice_name, request), request, TurnEnd.from_browser(sent_at))
 
-    def _speak(words, voice_id, request):
+    def _speak(words, voice_id, request, turn: TurnEnd):
+        """Yields (speech, status, replay WAV, download WAV), all four every time (see run_reply)."""
         if not words or not words.strip():
             raise RequestError("Type the text to speak first.")
         cancel = CancelToken()
-        key = request.session_hash or ""
+        key = session_key(request)
         cancels[key] = cancel
-        pieces = []
-        yield gr.skip(), "Speaking…", None
+        # How long a text reads is not known ahead: the player looks a few seconds ahead.
+        reply = app.speech.new_reply(True, turn.for_page(), None)
+        yield reply.value, "Speaking…", None, None
+        requested = time.monotonic()
         try:
             for event in backend.stream(Request(voice=voice_id, limits=app.limits, speak_text=words), cancel):
+                reply.start()
                 if isinstance(event, AudioChunk):
-                    pieces.append(event.samples)
-                    yield (event.sample_rate, event.samples), gr.skip(), gr.skip()
+                    yield reply.add(event), "Speaking…", None, None
                 elif isinstance(event, Done):
-                    yield gr.skip(), format_status(event), _write_wav(pieces)
+                    reply.finish()
+                    wav = app.speech.save_wav(key, "tts", reply)
+                    yield reply.value, format_status(event, requested - turn.at), wav, wav
+        except Exception as exc:
+            # The page's player plays out what came and stops waiting; the error is shown by `shown`.
+            yield reply.finish(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The speech failed.", None, None
+            raise
         finally:
             if cancels.get(key) is cancel:
                 cancels.pop(key, None)
 
     @shown
     def tts_on_stop(request: gr.Request):
-        cancel = cancels.get(request.session_hash or "")
+        cancel = cancels.get(session_key(request))
         if cancel is not None:
             cancel.cancel()
 
-    outputs = [spoken, status, download]
+    outputs = [speech, status, replay, download]
     create.click(create_voice, inputs=[reference, base, name, save], outputs=[voice, status, *chat_voice_pickers],
                  api_name="create_voice")
-    by_speak = speak.click(read, inputs=[text, voice], outputs=outputs, concurrency_limit=1,
-                           concurrency_id=gpu_queue, api_name="speak")
-    by_compare = compare.click(read_with_stock, inputs=[text, voice], outputs=outputs, concurrency_limit=1,
-                               concurrency_id=gpu_queue, api_name="speak_stock")
-    stop.click(tts_on_stop, queue=False, cancels=[by_speak, by_compare], api_visibility="private")
+    common = dict(outputs=outputs, js=STAMP_JS, concurrency_limit=1, concurrency_id=gpu_queue,
+                  show_progress_on=[status])
+    by_speak = speak.click(read, inputs=[text, voice, stamp], api_name="speak", **common)
+    by_compare = compare.click(read_with_stock, inputs=[text, voice, stamp], api_name="speak_stock", **common)
+    stop.click(tts_on_stop, js=stop_js("tts"), queue=False, cancels=[by_speak, by_compare], api_visibility="private")
     return voice
-
-
-def _write_wav(pieces: list[np.ndarray]) -> str | None:
-    import soundfile as sf
-
-    if not pieces:
-        return None
-    handle = tempfile.NamedTemporaryFile(prefix="omni-speech-", suffix=".wav", delete=False)
-    sf.write(handle.name, np.concatenate(pieces), 24000, subtype="PCM_16")
-    return handle.name
