@@ -90,12 +90,30 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-active", type=int, default=32, help="requests in progress at once (generating or "
                         "waiting for the model); more get HTTP 429 (default: %(default)s)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
+    add_ray_options(parser)
     relay = parser.add_argument_group("relay another server (instead of loading a model here)")
     relay.add_argument("--backend", metavar="URL", help="serve the model of this server (ours, or vLLM-Omni)")
     relay.add_argument("--dialect", choices=["auto", "openai", "vllm-omni"], default="auto",
                        help="how that server streams speech (default: ask it, else openai)")
     relay.add_argument("--backend-api-key", default=os.environ.get("OMNI_APP_BACKEND_API_KEY"),
                        help="bearer token for that server (default: $OMNI_APP_BACKEND_API_KEY)")
+
+
+def add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """``serve --ray``: several copies of the model behind one endpoint, on Ray Serve (needs requirements-ray.txt)."""
+    ray = parser.add_argument_group("scale out on Ray Serve (pip install -r requirements-ray.txt)")
+    ray.add_argument("--ray", action="store_true", help="serve with Ray Serve: one model per replica, one endpoint")
+    ray.add_argument("--replicas", type=int, default=1, help="copies of the model (default: %(default)s)")
+    ray.add_argument("--min-replicas", type=int, help="autoscale on ongoing requests from this many replicas ...")
+    ray.add_argument("--max-replicas", type=int, help="... up to this many (give both)")
+    ray.add_argument("--target-ongoing", type=float, default=2.0, help="ongoing requests per replica the "
+                     "autoscaler aims for: one generating, the rest waiting (default: %(default)s)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves "
+                     "(default: %(default)s)")
+    ray.add_argument("--gpus-per-replica", type=float, help="GPUs each replica reserves (default: 1 when the "
+                     "cluster has GPUs and --device is not cpu, else 0)")
+    ray.add_argument("--ray-address", help="join this Ray cluster (e.g. auto, or the head's host:6379) instead of "
+                     "starting Ray on this machine")
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             return _chat(args)
         if args.command == "say":
             return _say(args)
+        if args.command == "serve" and args.ray:
+            from .scale.command import run
+
+            return run(args)
         if args.command == "serve":
             from .serve.command import run
 
