@@ -8,6 +8,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import gradio as gr
 import numpy as np
 import pytest
 import soundfile as sf
@@ -232,3 +233,33 @@ def test_vllm_omni_stream_becomes_our_events(vllm_omni, audio_format):
     assert sent["max_tokens"] == 24 and sent["seed"] == 3 and "audio" not in sent
     with pytest.raises(Unsupported):
         backend.create_voice("Mine", np.zeros(16000, np.float32), base="Chelsie")
+
+
+def test_the_app_says_when_its_model_server_went_down(service):
+    import uvicorn
+    from conftest import _free_port
+
+    from omni_app.config import MediaLimits
+    from omni_app.serve.server import make_app
+    from omni_app.ui.app import build_app
+    from omni_app.ui.context import AppContext
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(make_app(LocalBackend(service)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    demo = build_app(AppContext(RemoteBackend(f"http://127.0.0.1:{port}"), GenerationLimits(8, 1), MediaLimits()))
+    reply = next(f.fn for f in demo.fns.values() if f.name == "reply_to_text")
+    session = gr.Request(session_hash="server-down")
+    history = [chat for chat, _, _ in reply("Hello", "Chelsie", False, session) if isinstance(chat, list)][-1]
+    server.should_exit = True
+    thread.join(30)
+    outputs = []
+    with pytest.raises(gr.Error, match=f"The model server at http://127.0.0.1:{port} can't be reached"):
+        for output in reply("Still there?", "Chelsie", False, session):
+            outputs.append(output)
+    chat, _, status = outputs[-1]
+    assert chat == history and status.startswith("⚠️ The model server")  # the conversation is kept as it was
