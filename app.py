@@ -9,7 +9,10 @@ import sys
 
 from omni_app.cli import add_backend_options, open_backend, quiet_libraries
 from omni_app.config import GenerationLimits, MediaLimits
-from omni_app.errors import OmniError
+from omni_app.errors import OmniError, RequestError
+
+#: Replies an app in front of a model server asks for at once (the server's --max-active, by default).
+REMOTE_CONCURRENCY = 32
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -24,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-speech-seconds", type=float, default=GenerationLimits.max_speech_seconds,
                         help="longest spoken reply (default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
+    parser.add_argument("--concurrent-replies", type=int, help="replies this app asks for at once (default: 1 with "
+                        "the model in this process; 32 with --backend, whose server queues them and tells each its "
+                        "place: one app in front of several replicas uses them all)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
     return parser.parse_args(argv)
 
@@ -33,6 +39,8 @@ def main(argv=None) -> int:
     quiet_libraries()
     logging.getLogger("omni_app").setLevel(logging.INFO)
     try:
+        if args.concurrent_replies is not None and args.concurrent_replies < 1:
+            raise RequestError("--concurrent-replies must be at least 1.")
         limits = GenerationLimits(max_new_tokens=args.max_new_tokens, max_speech_seconds=args.max_speech_seconds)
         backend = open_backend(args, warmup=not args.no_warmup)
     except OmniError as exc:
@@ -41,7 +49,8 @@ def main(argv=None) -> int:
     from omni_app.ui.app import CSS, build_app
     from omni_app.ui.context import AppContext
 
-    demo = build_app(AppContext(backend, limits, MediaLimits()))
+    concurrency = args.concurrent_replies or (REMOTE_CONCURRENCY if args.backend else 1)
+    demo = build_app(AppContext(backend, limits, MediaLimits(), concurrency))
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
     return 0

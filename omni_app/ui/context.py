@@ -29,10 +29,16 @@ class AppContext:
     """The backend and the app-wide settings, plus the little the app keeps per session."""
 
     def __init__(self, backend: Backend, limits: GenerationLimits = GenerationLimits(),
-                 media: MediaLimits = MediaLimits()) -> None:
+                 media: MediaLimits = MediaLimits(), concurrency: int = 1) -> None:
         self.backend = backend
         self.limits = limits
         self.media = media
+        if concurrency < 1:
+            raise RequestError("At least one reply must be allowed at a time.")
+        #: Replies (and other model work) this app runs at once; the rest wait in its queue.
+        #: 1 for a model in this process (one GPU); more for a server that queues requests
+        #: itself, so they reach it at once and each is told its place there.
+        self.concurrency = concurrency
         self._lock = threading.Lock()
         #: Per session: the voices it made (shown name -> (id the backend knows it by, base voice)).
         self._voices: OrderedDict[str, dict[str, tuple[str, str]]] = OrderedDict()

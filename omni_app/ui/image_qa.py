@@ -71,7 +71,7 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         return [], None, "", None, "", None
 
     ask.click(answer, inputs=[image, question, spoken, voice, speak], outputs=[chat, reply_audio, status],
-              concurrency_limit=1, concurrency_id=gpu_queue, api_name="image_qa")
+              concurrency_limit=app.concurrency, concurrency_id=gpu_queue, api_name="image_qa")
     clear.click(image_on_clear, outputs=[chat, reply_audio, status, image, question, spoken], queue=False,
                 api_visibility="private")
     return sessions, voice

@@ -96,9 +96,9 @@ def build(app: AppContext, gpu_queue: str) -> None:
         app.remember(request, reply)
         return _explain(app, reply)
 
-    last.click(explain_last, outputs=outputs, concurrency_limit=1, concurrency_id=gpu_queue,
+    last.click(explain_last, outputs=outputs, concurrency_limit=app.concurrency, concurrency_id=gpu_queue,
                api_name="inside_last")
-    new.click(explain_new, inputs=[text, audio, image, video], outputs=outputs, concurrency_limit=1,
+    new.click(explain_new, inputs=[text, audio, image, video], outputs=outputs, concurrency_limit=app.concurrency,
               concurrency_id=gpu_queue, api_name="inside_new")
 
 

@@ -75,8 +75,8 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
     mic.stream(video_on_mic, inputs=[mic], outputs=[turn, barge], stream_every=0.25, concurrency_limit=None,
                show_progress="hidden", api_visibility="private")
     barge.change(None, js=PAUSE_AUDIO_JS)
-    by_voice = turn.change(video_reply_to_turn, inputs=[voice, speak], outputs=outputs, concurrency_limit=1,
-                           concurrency_id=gpu_queue, api_visibility="private")
+    by_voice = turn.change(video_reply_to_turn, inputs=[voice, speak], outputs=outputs,
+                           concurrency_limit=app.concurrency, concurrency_id=gpu_queue, api_visibility="private")
     stop.click(video_on_stop, js=PAUSE_AUDIO_JS, queue=False, cancels=[by_voice], api_visibility="private")
     clear.click(video_on_clear, outputs=outputs, queue=False, cancels=[by_voice], api_visibility="private")
     return sessions, voice

@@ -69,7 +69,7 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
         return [], None, ""
 
     outputs = [chat, reply_audio, status]
-    common = dict(outputs=outputs, concurrency_limit=1, concurrency_id=gpu_queue)
+    common = dict(outputs=outputs, concurrency_limit=app.concurrency, concurrency_id=gpu_queue)
     mic.stream(on_mic, inputs=[mic], outputs=[turn, barge], stream_every=0.25, concurrency_limit=None,
                show_progress="hidden", api_visibility="private")
     barge.change(None, js=PAUSE_AUDIO_JS)

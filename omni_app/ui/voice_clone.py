@@ -110,10 +110,10 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
     outputs = [spoken, status, download]
     create.click(create_voice, inputs=[reference, base, name, save], outputs=[voice, status, *chat_voice_pickers],
                  api_name="create_voice")
-    by_speak = speak.click(read, inputs=[text, voice], outputs=outputs, concurrency_limit=1,
+    by_speak = speak.click(read, inputs=[text, voice], outputs=outputs, concurrency_limit=app.concurrency,
                            concurrency_id=gpu_queue, api_name="speak")
-    by_compare = compare.click(read_with_stock, inputs=[text, voice], outputs=outputs, concurrency_limit=1,
-                               concurrency_id=gpu_queue, api_name="speak_stock")
+    by_compare = compare.click(read_with_stock, inputs=[text, voice], outputs=outputs,
+                               concurrency_limit=app.concurrency, concurrency_id=gpu_queue, api_name="speak_stock")
     stop.click(tts_on_stop, queue=False, cancels=[by_speak, by_compare], api_visibility="private")
     return voice
 
