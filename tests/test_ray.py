@@ -20,7 +20,7 @@ from conftest import _free_port
 from omni_app.api import CancelToken, Request
 from omni_app.config import GenerationLimits, MediaLimits
 from omni_app.conversation import Conversation
-from omni_app.errors import BackendUnavailable
+from omni_app.errors import BackendUnavailable, RequestError
 from omni_app.events import AudioChunk, Done, Notice, TextDelta
 from omni_app.serve.remote import RemoteBackend
 
@@ -156,6 +156,10 @@ def test_a_made_voice_is_spoken_by_every_replica(remote, media_dir):
     replies = in_threads(*[(lambda: list(remote.stream(speak)), ()) for _ in range(2)])
     assert len({events[-1].stats.served_by for events in replies}) == 2  # made on one, spoken by both
     assert reply_of(replies[0])[1] == reply_of(replies[1])[1] != b""
+    # A mistake in a request comes back as the model service says it, not as Ray's traceback.
+    with pytest.raises(RequestError) as unknown:
+        ask(remote, "Hello", 1, voice="Nobody")
+    assert str(unknown.value).startswith("Unknown voice 'Nobody'") and "Traceback" not in str(unknown.value)
 
 
 def test_a_disconnect_frees_its_replica(remote):
@@ -215,7 +219,7 @@ def test_the_app_shows_its_place_while_every_replica_is_busy(endpoint):
 
 def test_stopping_a_replica_mid_run_fails_its_replies_clearly_and_the_others_finish(remote):
     started = [threading.Event() for _ in range(4)]
-    mid = GenerationLimits(max_new_tokens=4000, max_speech_seconds=2)
+    mid = GenerationLimits(max_new_tokens=48, max_speech_seconds=2)
 
     def reply(index):
         return ask(remote, f"Story {index}", index, session=f"crash-{index}", limits=mid,
