@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import ENGINES, GenerationLimits, MediaLimits, ServiceConfig
 from .errors import OmniError
+from .scale.options import add_ray_options, check_ray_options
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -99,23 +100,6 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
                        help="bearer token for that server (default: $OMNI_APP_BACKEND_API_KEY)")
 
 
-def add_ray_options(parser: argparse.ArgumentParser) -> None:
-    """``serve --ray``: several copies of the model behind one endpoint, on Ray Serve (needs requirements-ray.txt)."""
-    ray = parser.add_argument_group("scale out on Ray Serve (pip install -r requirements-ray.txt)")
-    ray.add_argument("--ray", action="store_true", help="serve with Ray Serve: one model per replica, one endpoint")
-    ray.add_argument("--replicas", type=int, default=1, help="copies of the model (default: %(default)s)")
-    ray.add_argument("--min-replicas", type=int, help="autoscale on ongoing requests from this many replicas ...")
-    ray.add_argument("--max-replicas", type=int, help="... up to this many (give both)")
-    ray.add_argument("--target-ongoing", type=float, default=2.0, help="ongoing requests per replica the "
-                     "autoscaler aims for: one generating, the rest waiting (default: %(default)s)")
-    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves "
-                     "(default: %(default)s)")
-    ray.add_argument("--gpus-per-replica", type=float, help="GPUs each replica reserves (default: 1 when the "
-                     "cluster has GPUs and --device is not cpu, else 0)")
-    ray.add_argument("--ray-address", help="join this Ray cluster (e.g. auto, or the head's host:6379) instead of "
-                     "starting Ray on this machine")
-
-
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     """Where the model is: in this process (the model options) or behind ``--backend URL``."""
     add_model_options(parser)
@@ -185,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             return _chat(args)
         if args.command == "say":
             return _say(args)
+        if args.command == "serve":
+            check_ray_options(args)
         if args.command == "serve" and args.ray:
             from .scale.command import run
 

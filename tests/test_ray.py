@@ -268,3 +268,5 @@ def test_bad_scale_options_are_refused_before_ray_starts(capsys):
     assert "both min_replicas and max_replicas" in capsys.readouterr().err
     assert main(["serve", "--ray", "--model", "tiny", "--replicas", "0"]) == 2
     assert "replicas must be at least 1" in capsys.readouterr().err
+    assert main(["serve", "--model", "tiny", "--replicas", "2"]) == 2  # not silently one model
+    assert "need --ray" in capsys.readouterr().err
