@@ -18,18 +18,28 @@ from ..serve.command import is_loopback
 from .settings import APP_NAME, parse_args
 
 
-def app_args(args, gpus_in_cluster: float) -> dict:
-    """The application's arguments from the command's options (GPU replicas when the cluster has GPUs)."""
+def app_args(args, resources: dict) -> dict:
+    """The application's arguments from the command's options and the cluster's ``resources``.
+
+    By default a replica gets a GPU when the cluster has GPUs, and then its share of the
+    CPUs (the processor's audio and video work, and PyTorch's threads, run there); one CPU
+    otherwise.
+    """
+    gpus_in_cluster = resources.get("GPU", 0.0)
     gpus = args.gpus_per_replica
     if gpus is None:
         gpus = 1.0 if gpus_in_cluster > 0 and not str(args.device).startswith("cpu") else 0.0
+    cpus = args.cpus_per_replica
+    if cpus is None:
+        share = resources.get("CPU", 1.0) / gpus_in_cluster * gpus if gpus > 0 and gpus_in_cluster > 0 else 1.0
+        cpus = float(max(1, int(share)))
     return {
         "model": args.model, "device": args.device, "dtype": args.dtype, "engine": args.engine,
         "voices_dir": str(args.voices_dir) if args.voices_dir else None, "warmup": not args.no_warmup,
         "max_new_tokens": args.max_new_tokens, "max_speech_seconds": args.max_speech_seconds,
         "max_active": args.max_active, "max_body_mb": args.max_body_mb, "api_key": args.api_key or None,
         "replicas": args.replicas, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
-        "target_ongoing": args.target_ongoing, "cpus_per_replica": args.cpus_per_replica, "gpus_per_replica": gpus,
+        "target_ongoing": args.target_ongoing, "cpus_per_replica": cpus, "gpus_per_replica": gpus,
     }
 
 
@@ -46,7 +56,7 @@ def run(args) -> int:
     if args.backend:
         raise RequestError("--ray serves a model loaded in each replica; --backend (relaying a server) can't be "
                            "combined with it.")
-    parse_args(app_args(args, 0.0))  # refuse bad options before starting anything
+    parse_args(app_args(args, {}))  # refuse bad options before starting anything
     joined = bool(args.ray_address)
     where = f"joining the Ray cluster at {args.ray_address}" if joined else "starting Ray on this machine"
     print(f"omni_app: {where} ...", flush=True)
@@ -58,7 +68,7 @@ def run(args) -> int:
     # the local Ray processes are ours to stop.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        settings = app_args(args, ray.cluster_resources().get("GPU", 0.0))
+        settings = app_args(args, ray.cluster_resources())
         replica, server, scale = parse_args(settings)
         count = (f"{scale.min_replicas}-{scale.max_replicas} replicas (autoscaling)" if scale.autoscaling
                  else f"{scale.replicas} replica{'s' if scale.replicas != 1 else ''}")

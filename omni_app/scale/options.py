@@ -16,8 +16,8 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--max-replicas", type=int, help="... up to this many (give both)")
     ray.add_argument("--target-ongoing", type=float, default=2.0, help="ongoing requests per replica the "
                      "autoscaler aims for: one generating, the rest waiting (default: %(default)s)")
-    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves "
-                     "(default: %(default)s)")
+    ray.add_argument("--cpus-per-replica", type=float, help="CPUs each replica reserves (default: its share of "
+                     "the CPUs per GPU with GPU replicas, else 1)")
     ray.add_argument("--gpus-per-replica", type=float, help="GPUs each replica reserves (default: 1 when the "
                      "cluster has GPUs and --device is not cpu, else 0)")
     ray.add_argument("--ray-address", help="join this Ray cluster (e.g. auto, or the head's host:6379) instead of "
