@@ -40,7 +40,7 @@ class ReplicaBackend:
         self._handle = handle
         self._streaming = handle.options(stream=True)
         info: BackendInfo = described["info"]
-        # Looking inside needs the weights in the caller's process; saving writes on one replica's disk.
+        # Looking inside needs the weights in the caller's process.
         self._info = dataclasses.replace(info, can_inspect=False,
                                          description=f"{info.description} · replicas on Ray Serve")
         self._stock = list(described["stock"])
