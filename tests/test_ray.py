@@ -218,8 +218,12 @@ def test_the_app_shows_its_place_while_every_replica_is_busy(endpoint):
 
 
 def test_stopping_a_replica_mid_run_fails_its_replies_clearly_and_the_others_finish(remote):
+    replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#OmniModel#" in a["name"]]
+    assert len(replicas) == 2
+    victim = replicas[0].rsplit("#", 1)[1]
     started = [threading.Event() for _ in range(4)]
-    mid = GenerationLimits(max_new_tokens=48, max_speech_seconds=2)
+    # Long enough that none is over when the replica goes (a second after they all started).
+    mid = GenerationLimits(max_new_tokens=64, max_speech_seconds=5)
 
     def reply(index):
         return ask(remote, f"Story {index}", index, session=f"crash-{index}", limits=mid,
@@ -230,9 +234,6 @@ def test_stopping_a_replica_mid_run_fails_its_replies_clearly_and_the_others_fin
     runner.start()
     for event in started:
         assert event.wait(120)
-    replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#OmniModel#" in a["name"]]
-    assert len(replicas) == 2
-    victim = replicas[0].rsplit("#", 1)[1]
     ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
     runner.join(600)
     failed = [o for o in outcome if isinstance(o, Exception)]
