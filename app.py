@@ -10,8 +10,11 @@ import sys
 
 from omni_app.cli import add_backend_options, open_backend, quiet_libraries
 from omni_app.config import TABS, GenerationLimits, MediaLimits, check_tabs
-from omni_app.errors import OmniError
+from omni_app.errors import OmniError, RequestError
 from omni_app.vad import VadOptions
+
+#: Replies an app in front of a model server asks for at once (the server's --max-active, by default).
+REMOTE_CONCURRENCY = 32
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="pause that ends a spoken turn, in ms; users can change it in the chat tabs "
                              "(default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
+    parser.add_argument("--concurrent-replies", type=int, help="replies this app asks for at once (default: 1 with "
+                        "the model in this process; 32 with --backend, whose server queues them and tells each its "
+                        "place: one app in front of several replicas uses them all)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
     parser.add_argument("--tabs", default=",".join(TABS),
                         help="the tabs to show, comma-separated, among %(default)s (default: all)")
@@ -40,6 +46,8 @@ def main(argv=None) -> int:
     quiet_libraries()
     logging.getLogger("omni_app").setLevel(logging.INFO)
     try:
+        if args.concurrent_replies is not None and args.concurrent_replies < 1:
+            raise RequestError("--concurrent-replies must be at least 1.")
         limits = GenerationLimits(max_new_tokens=args.max_new_tokens, max_speech_seconds=args.max_speech_seconds)
         vad = VadOptions(min_silence_ms=args.vad_silence_ms)
         tabs = check_tabs(args.tabs.split(","), "--tabs")
@@ -51,7 +59,10 @@ def main(argv=None) -> int:
     from omni_app.ui.context import AppContext
 
     context = AppContext(backend, limits, MediaLimits(), vad)
-    demo = build_app(context, tabs=tabs)
+    # A model in this process generates one reply at a time; a model server queues replies
+    # itself and tells each its place, so an app in front of it asks for many at once.
+    concurrency = args.concurrent_replies or (REMOTE_CONCURRENCY if args.backend else 1)
+    demo = build_app(context, tabs=tabs, concurrency=concurrency)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     # A plain `kill` ends the app through the `finally` below, which removes its speech files.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

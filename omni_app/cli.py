@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import ENGINES, GenerationLimits, MediaLimits, ServiceConfig
 from .errors import OmniError
+from .scale.options import add_ray_options, check_ray_options
 from .space import commands as space_commands
 
 EXIT_USAGE = 2
@@ -92,6 +93,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-active", type=int, default=32, help="requests in progress at once (generating or "
                         "waiting for the model); more get HTTP 429 (default: %(default)s)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
+    add_ray_options(parser)
     relay = parser.add_argument_group("relay another server (instead of loading a model here)")
     relay.add_argument("--backend", metavar="URL", help="serve the model of this server (ours, or vLLM-Omni)")
     relay.add_argument("--dialect", choices=["auto", "openai", "vllm-omni"], default="auto",
@@ -173,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             return _chat(args)
         if args.command == "say":
             return _say(args)
+        if args.command == "serve":
+            check_ray_options(args)
+        if args.command == "serve" and args.ray:
+            from .scale.command import run
+
+            return run(args)
         if args.command == "serve":
             from .serve.command import run
 

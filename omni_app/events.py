@@ -102,6 +102,9 @@ class Stats:
     queue_time: float = 0.0
     #: Per-stage measurements an engine may add (e.g. tokens per second).
     extra: dict[str, float] = field(default_factory=dict)
+    #: Which copy of the model generated the reply, where a deployment runs several
+    #: (a Ray Serve replica: its id and host); empty for a single model.
+    served_by: str = ""
 
     @property
     def real_time_factor(self) -> float | None:

@@ -105,10 +105,11 @@ def test_the_folder_holds_the_app_and_nothing_else(tmp_path, kind):
     files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     top = {"README.md", "app.py", "Spacefile", "requirements.txt", "packages.txt"}
     for name in files:
-        code = name.startswith("omni_app/") and name.endswith(".py")
+        code = name.startswith("omni_app/") and name.endswith((".py", ".js"))
         assert name in top or code or name.startswith("assets/"), name
         assert not re.search(r"(^|/)(tests?|bench|scripts|__pycache__|\.cache)(/|$)|test_|conftest|\.pyc$", name), name
     assert top <= set(files) and "omni_app/space/runtime.py" in files
+    assert "omni_app/ui/js/player.js" in files  # the page's speech player goes with the app
     assert (folder / "Spacefile").read_text() == (tmp_path / f"{kind}.Spacefile").read_text()
     # The example images go with the image tab only.
     tabs = yaml.safe_load((folder / "Spacefile").read_text())["tabs"]
@@ -202,7 +203,8 @@ def test_the_built_cpu_space_answers_a_typed_question(tmp_path):
         updates = list(job)
     messages = job.outputs()[-1][0]
     assert messages[-1]["role"] == "assistant" and messages[-1]["content"][0]["text"].strip()
-    # Speech arrived: some update carried audio for the spoken-reply output.
-    assert any(isinstance(u[1], dict) and (u[1].get("url") or u[1].get("path")) for u in updates)
+    # Speech reached the page's player chunk by chunk, and its WAV came after it.
+    assert any(isinstance(u[1], str) and '"seq"' in u[1] for u in updates)
+    assert job.outputs()[-1][3]["url"]
     log = (tmp_path / "space.log").read_text()
     assert "loading tiny on cpu" in log and "Traceback" not in log

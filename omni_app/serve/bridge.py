@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
+import anyio
 import anyio.to_thread
 
 from ..api import CancelToken
@@ -48,6 +49,10 @@ class Pump:
         self.finished = False
         #: Set by the caller when the stream raised (for the server's counts).
         self.failed = False
+        # A thread of its own for this stream's pulls. The shared default pool has 40: with
+        # more streams waiting in the model's queue (each pull blocks until its turn), the
+        # one generating could not get a thread to hand on its events, and nothing would move.
+        self._limiter = anyio.CapacityLimiter(1)
 
     def _pull(self):
         with self._pulling:
@@ -61,7 +66,7 @@ class Pump:
 
     async def next(self):
         """The next event, or :data:`END`. Cancelling the caller abandons the pull (see :meth:`close`)."""
-        return await anyio.to_thread.run_sync(self._pull, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(self._pull, abandon_on_cancel=True, limiter=self._limiter)
 
     async def next_unless_gone(self, request) -> object:
         """Like :meth:`next`, but raises :class:`ClientGone` when ``request``'s client disconnects.

@@ -39,7 +39,7 @@ def stats_json(done: Done) -> dict:
         "finish_reason": done.reason, "engine": s.engine, "seed": None if seed is None else int(seed),
         "time_to_first_text": s.time_to_first_text, "time_to_first_audio": s.time_to_first_audio,
         "total_time": s.total_time, "queue_time": s.queue_time, "audio_seconds": s.audio_seconds,
-        "text_tokens": s.text_tokens, "codec_codes": s.codec_codes, "extra": extra,
+        "text_tokens": s.text_tokens, "codec_codes": s.codec_codes, "extra": extra, "served_by": s.served_by or None,
     }
 
 

@@ -54,7 +54,7 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
                 "engine": info.engine, "description": info.description,
                 "busy": state.active > 0 if busy is None else bool(busy),
                 "waiting": getattr(state.backend, "waiting", None), "active": state.active,
-                "requests": dict(state.counts)}
+                "replicas": getattr(state.backend, "replicas", None), "requests": dict(state.counts)}
 
     @api.get("/models")
     def models() -> dict:

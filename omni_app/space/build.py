@@ -141,10 +141,11 @@ def build_space(out: str | Path, spacefile_path: str | Path = ROOT / "Spacefile"
             f"# omni_app on {spacefile.hardware}: the versions it is tested with"
             + (f", torch from ZeroGPU's list ({', '.join(ZERO_GPU_TORCH)})" if spacefile.is_zero_gpu else "")
             + ".\n" + "\n".join(reqs) + "\n", encoding="utf-8")
-        # Gradio encodes streamed speech with ffmpeg; Spaces usually have it, this makes sure.
+        # Gradio converts uploaded and recorded media with ffmpeg; Spaces usually have it, this makes sure.
         (staging / "packages.txt").write_text("ffmpeg\n", encoding="utf-8")
-        for source in sorted((ROOT / "omni_app").rglob("*.py")):
-            if "__pycache__" in source.parts:
+        # The package: its Python modules and the page's speech player (ui/js).
+        for source in sorted((ROOT / "omni_app").rglob("*")):
+            if "__pycache__" in source.parts or source.suffix not in (".py", ".js"):
                 continue
             target = staging / source.relative_to(ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from . import image_qa, inside_tab, video_chat, voice_chat, voice_clone
 from .context import AppContext
 from .mic import LiveMicrophone
 
-#: All model work shares one queue: one GPU never runs two generations at once.
+#: All model work shares one queue, ``AppContext.concurrency`` wide: one generation at a time on
+#: a model in this process (one GPU); in front of a server, as many as it queues itself.
 GPU_QUEUE = "model"
 
 CSS = """

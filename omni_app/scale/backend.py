@@ -1,0 +1,174 @@
+"""The model replicas of a Ray Serve deployment, as one :class:`~omni_app.api.Backend`.
+
+The endpoint's HTTP app (:func:`omni_app.serve.server.make_app`, unchanged) serves a
+:class:`ReplicaBackend`. Each request goes through a deployment handle to one replica
+(the router picks which) and its events stream back as the replica yields them: the
+queue notices of the replica it waits on, text, audio, and ``Done`` naming the replica.
+Setting a request's cancel token cancels the handle call, and Ray cancels the
+generation in the replica.
+
+Voices made through the endpoint are kept here and travel with each request that names
+one, so every replica speaks them, whichever made them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from ..api import BackendInfo, CancelToken, Request
+from ..errors import BackendUnavailable, OmniError, Unsupported
+from ..events import AudioChunk, Done, Event, Stats, TextDelta
+from ..voices import Voice
+
+log = logging.getLogger(__name__)
+
+#: Voices made through the endpoint and kept here (the oldest go first), as in one model service.
+MAX_VOICES = 256
+#: How long the replicas' list of voices and count are trusted before asking again.
+REFRESH_SECONDS = 10.0
+
+
+class ReplicaBackend:
+    """The replicas behind ``handle`` (a deployment handle of :class:`~.replica.ModelReplica`)."""
+
+    def __init__(self, handle, described: dict, status=None) -> None:
+        self._handle = handle
+        self._streaming = handle.options(stream=True)
+        info: BackendInfo = described["info"]
+        # Looking inside needs the weights in the caller's process.
+        self._info = dataclasses.replace(info, can_inspect=False,
+                                         description=f"{info.description} · replicas on Ray Serve")
+        self._stock = list(described["stock"])
+        self._listed: tuple[float, list[str]] = (time.monotonic(), list(described["voices"]))
+        self._voices: OrderedDict[str, Voice] = OrderedDict()
+        self._lock = threading.Lock()
+        #: ``() -> int``: replicas running now (for /health); ``None`` where unknown.
+        self._status = status
+        self._replicas: tuple[float, int | None] = (0.0, None)
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    def stock_voices(self) -> list[str]:
+        return list(self._stock)
+
+    def voices(self) -> list[str]:
+        checked, names = self._listed
+        if time.monotonic() - checked > REFRESH_SECONDS:
+            try:
+                names = list(self._handle.describe.remote().result(timeout_s=30)["voices"])
+            except Exception as exc:  # the last known list is still right for the stock voices
+                log.warning("could not list the replicas' voices (%s); showing the last known ones", exc)
+            self._listed = (time.monotonic(), names)
+        with self._lock:
+            made = [name for name, voice in self._voices.items() if name == voice.name]  # saved ones
+        return names + [name for name in made if name not in names]
+
+    @property
+    def replicas(self) -> int | None:
+        """Model replicas running now (asked at most every few seconds)."""
+        checked, count = self._replicas
+        if self._status is not None and time.monotonic() - checked > 2.0:
+            try:
+                count = self._status()
+            except Exception as exc:
+                log.warning("could not count the replicas: %s", exc)
+            self._replicas = (time.monotonic(), count)
+        return count
+
+    def stream(self, request: Request, cancel: CancelToken | None = None) -> Iterator[Event]:
+        with self._lock:
+            voice = self._voices.get(request.voice) if request.voice is not None else None
+        handle = self._streaming.options(session_id=request.session) if request.session else self._streaming
+        started = time.perf_counter()
+        replies = handle.stream.remote(request, None if voice is None else (request.voice, voice))
+        watch = _CancelWatch(cancel, replies)
+        texts, audio, ended = 0, 0.0, False
+        try:
+            for event in replies:
+                if isinstance(event, TextDelta):
+                    texts += 1
+                elif isinstance(event, AudioChunk):
+                    audio += event.seconds
+                yield event
+            ended = True
+        except Exception as exc:
+            ended = True
+            if cancel is not None and cancel.is_set():
+                # Cancelled by us: the replica stopped; the stream ends as a cancelled one does.
+                yield Done("cancelled", Stats(None, None, time.perf_counter() - started, texts, 0, audio))
+                return
+            raise replica_error(exc, audio) from None
+        finally:
+            watch.stop()
+            if not ended:  # the caller closed the stream early: stop the replica's generation
+                replies.cancel()
+
+    def create_voice(self, name: str, reference_16k, base: str, save: bool = False) -> str:
+        try:
+            voice_id, voice = self._handle.make_voice.remote(name, reference_16k, base, save).result()
+        except Exception as exc:
+            raise replica_error(exc, 0.0) from None
+        with self._lock:
+            self._voices[voice_id] = voice
+            self._voices.move_to_end(voice_id)
+            while len(self._voices) > MAX_VOICES:
+                self._voices.popitem(last=False)
+        return voice_id
+
+    def inspect(self, conversation, trace):
+        raise Unsupported("The model runs in Ray Serve replicas: looking inside it needs its weights in this process "
+                          "(start the app with --model instead of --backend).")
+
+    def end_session(self, session: str) -> None:
+        # To the replica the session was served by (the router keeps it there).
+        try:
+            self._handle.options(session_id=session).end_session.remote(session).result(timeout_s=30)
+        except Exception as exc:
+            log.warning("could not tell a replica that session %s ended: %s", session, exc)
+
+
+def replica_error(exc: BaseException, audio_seconds: float) -> OmniError:
+    """What went wrong in a replica, as the error a person reads (never Ray's traceback)."""
+    from ray import exceptions as ray_errors
+    from ray.serve.exceptions import BackPressureError
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray_errors.RayTaskError) and isinstance(cause, OmniError):
+        return cause  # the user's mistake, said as the model service says it
+    if isinstance(exc, OmniError):
+        return exc
+    if isinstance(exc, ray_errors.RayActorError):
+        where = f" after {audio_seconds:.1f} s of speech" if audio_seconds else ""
+        return BackendUnavailable(f"The model replica answering this request stopped{where} (it crashed or was shut "
+                                  "down). Ask again: another replica will answer.")
+    if isinstance(exc, BackPressureError):
+        return BackendUnavailable("All model replicas are full. Try again shortly.")
+    what = f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(exc).__name__}: {exc}"
+    log.error("a model replica failed: %s", exc)
+    return BackendUnavailable(f"A model replica failed ({what[:300]}).")
+
+
+class _CancelWatch:
+    """Cancels the handle call the moment the request's token is set, even while a read waits for an event."""
+
+    def __init__(self, cancel: CancelToken | None, replies) -> None:
+        self._done = threading.Event()
+        if cancel is not None:
+            threading.Thread(target=self._run, args=(cancel, replies), name="omni-replica-cancel", daemon=True).start()
+
+    def _run(self, cancel: CancelToken, replies) -> None:
+        while not self._done.is_set():
+            if cancel.wait(0.1):
+                if not self._done.is_set():
+                    replies.cancel()
+                return
+
+    def stop(self) -> None:
+        self._done.set()

@@ -1,0 +1,116 @@
+"""What a scaled-out deployment is made of, from the command's options or a Serve config's ``args``.
+
+No Ray here: the options are checked (and a clear message given) before Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..config import GenerationLimits, MediaLimits
+from ..errors import RequestError
+from ..serve.state import ServerSettings
+from .replica import ReplicaConfig
+
+APP_NAME = "omni_app"
+MODEL, INGRESS = "OmniModel", "OmniIngress"
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """How many replicas, and what each gets."""
+
+    #: Fixed number of replicas (when no minimum and maximum are given).
+    replicas: int = 1
+    #: Autoscaling between these on ongoing requests per replica (both, or neither).
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    #: Ongoing requests per replica (one generating, the rest waiting) the autoscaler aims for.
+    target_ongoing: float = 2.0
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise RequestError("Autoscaling needs both min_replicas and max_replicas.")
+        if self.autoscaling and not 1 <= self.min_replicas <= self.max_replicas:
+            raise RequestError("Replicas must satisfy 1 <= min_replicas <= max_replicas (a replica takes minutes to "
+                               "load a model: scaling to zero would leave the first user waiting that long).")
+        if self.replicas < 1:
+            raise RequestError("replicas must be at least 1.")
+        if self.target_ongoing <= 0 or self.cpus_per_replica < 0 or self.gpus_per_replica < 0:
+            raise RequestError("target_ongoing must be positive; CPUs and GPUs per replica can't be negative.")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min_replicas is not None
+
+
+#: The builder's arguments and their defaults (``serve run ... key=value`` passes strings).
+ARGS = {
+    "model": "auto", "device": "auto", "dtype": "auto", "engine": "streaming", "voices_dir": None, "warmup": True,
+    "max_new_tokens": GenerationLimits.max_new_tokens, "max_speech_seconds": GenerationLimits.max_speech_seconds,
+    "max_active": 32, "max_body_mb": None, "api_key": None,
+    "replicas": 1, "min_replicas": None, "max_replicas": None, "target_ongoing": 2.0,
+    "cpus_per_replica": 1.0, "gpus_per_replica": 0.0,
+}
+
+
+def parse_args(args: dict | None) -> tuple[ReplicaConfig, ServerSettings, ScaleSettings]:
+    """What each replica loads, what the endpoint accepts, how many replicas: from the builder's ``args``."""
+    args = dict(args or {})
+    unknown = sorted(set(args) - set(ARGS))
+    if unknown:
+        raise RequestError(f"Unknown argument(s) {', '.join(unknown)}; known: {', '.join(ARGS)}.")
+    value = {**ARGS, **args}
+    number = _Numbers(value)
+    voices_dir = value["voices_dir"]
+    replica = ReplicaConfig(model=str(value["model"]), device=str(value["device"]), dtype=str(value["dtype"]),
+                            engine=str(value["engine"]),
+                            voices_dir=os.path.abspath(voices_dir) if voices_dir else None,
+                            warmup=number.flag("warmup"))
+    max_body = number.real("max_body_mb")
+    settings = ServerSettings(
+        limits=GenerationLimits(max_new_tokens=number.whole("max_new_tokens"),
+                                max_speech_seconds=number.real("max_speech_seconds")),
+        media=MediaLimits(), api_key=value["api_key"] or os.environ.get("OMNI_APP_API_KEY") or None,
+        max_active=number.whole("max_active"), max_body_bytes=None if max_body is None else int(max_body * 1e6),
+    )
+    scale = ScaleSettings(replicas=number.whole("replicas"), min_replicas=number.whole("min_replicas"),
+                          max_replicas=number.whole("max_replicas"), target_ongoing=number.real("target_ongoing"),
+                          cpus_per_replica=number.real("cpus_per_replica"),
+                          gpus_per_replica=number.real("gpus_per_replica"))
+    return replica, settings, scale
+
+
+class _Numbers:
+    """Typed values from arguments that may arrive as strings."""
+
+    def __init__(self, values: dict) -> None:
+        self._values = values
+
+    def whole(self, key: str) -> int | None:
+        return self._convert(key, int)
+
+    def real(self, key: str) -> float | None:
+        return self._convert(key, float)
+
+    def flag(self, key: str) -> bool:
+        value = self._values[key]
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise RequestError(f"{key} must be true or false, not {value!r}.")
+
+    def _convert(self, key: str, kind):
+        value = self._values[key]
+        if value is None or value == "":
+            return None
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise RequestError(f"{key} must be a number, not {value!r}.") from None
