@@ -47,8 +47,10 @@ def endpoint(_isolated_cache):
     ensure_tiny_checkpoint()  # built here once; the replicas inherit OMNI_APP_CACHE and load it
     # Short: Ray's socket paths live under it and must fit in 107 bytes.
     temp = tempfile.mkdtemp(prefix="omni-ray-", dir="/tmp")
+    # Servers other tests started earlier in this run are not Ray's: they must keep running.
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     start_ray(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    ours = psutil.Process().children(recursive=True)
+    ours = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
@@ -62,7 +64,7 @@ def endpoint(_isolated_cache):
             serve.shutdown()
         finally:
             ray.shutdown()
-            ours += psutil.Process().children(recursive=True)
+            ours += [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
             _, left = psutil.wait_procs(ours, timeout=30)
             left = [p for p in left if _running(p)]  # an exited one nobody reaped yet is no longer running
             for process in left:
@@ -201,7 +203,7 @@ def test_the_app_shows_its_place_while_every_replica_is_busy(endpoint):
         assert spoke.wait(120)  # one after the other: the second goes to the free replica
     statuses = []
     try:
-        for _chat, _audio, status in handlers["reply_to_text"]("Hello", "Chelsie", False,
+        for _chat, _speech, status, _replay in handlers["reply_to_text"]("Hello", "Chelsie", False,
                                                                 gr.Request(session_hash="waiting")):
             if isinstance(status, str):
                 statuses.append(status)
