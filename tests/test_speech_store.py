@@ -44,6 +44,29 @@ def test_each_value_carries_the_newest_chunk_with_its_sequence_and_rate(store):
     assert len(reply.samples()) == 36000
 
 
+def test_the_rate_is_the_pace_after_the_first_chunk_and_the_next_reply_starts_from_it(store, monkeypatch):
+    # The model takes 2 s to its first chunk (prompt, first codes), then makes 0.5 s of speech
+    # every 0.4 s: 1.25x real time. The wait for the first chunk is no measure of that pace.
+    clock = [100.0]
+    monkeypatch.setattr("omni_app.ui.speech.time.monotonic", lambda: clock[0])
+
+    def rates(reply, first_at: float) -> list[float]:
+        reply.start()
+        found = []
+        for k in range(3):
+            clock[0] += first_at if k == 0 else 0.4
+            found.append(records(reply.add(chunk(12000, k)))[1][0]["rate"])
+        reply.finish()
+        return found
+
+    first = rates(store.new_reply(True, max_seconds=4.0), 2.0)
+    assert first[0] == pytest.approx(0.25)  # nothing known yet: the cautious overall rate
+    assert first[1:] == [pytest.approx(1.25), pytest.approx(1.25)]
+    assert store.recent_rate == pytest.approx(1.25)
+    # The next reply's first chunk comes with the pace of the last one.
+    assert rates(store.new_reply(True, max_seconds=4.0), 3.0)[0] == pytest.approx(1.25)
+
+
 def test_a_page_that_missed_chunks_gets_them_again(store):
     reply = store.new_reply(True)
     sent = [records(reply.add(chunk(2400, k)))[1][0] for k in range(4)]

@@ -37,7 +37,9 @@ class LiveMicrophone:
         self.options = options
         low, high = MIN_SILENCE_RANGE
         with gr.Row(equal_height=True):
+            # No live waveform: redrawing it for every chunk kept a browser core busy.
             self.mic = gr.Audio(sources=["microphone"], streaming=True, elem_id="live-mic", scale=3,
+                                waveform_options=gr.WaveformOptions(show_recording_waveform=False),
                                 label="Microphone for voice and video chat: press Record once, then speak and pause")
             self.silence = gr.Slider(low, high, value=options.min_silence_ms, step=50, scale=2,
                                      label="Pause that ends your turn (ms)", elem_id="live-pause",

@@ -3,7 +3,8 @@
 The reply generator hands every :class:`~omni_app.events.AudioChunk` to a
 :class:`ReplySpeech`, whose ``value`` is what the player component shows next: a header
 line (the reply's id, how the user's turn ended) and one JSON record per new chunk with
-its sequence number, the production rate so far and base64 int16 PCM. The page plays
+its sequence number, how fast speech is being made (see :meth:`ReplySpeech.rate`) and
+base64 int16 PCM. The page plays
 the chunks in sequence order (see ``js/player.js``); one it missed it asks for again
 (:meth:`SpeechStore.resend`). When the reply ends its speech is written once as a WAV
 for the replay player and the download: exactly the samples that were streamed.
@@ -31,7 +32,8 @@ from ..events import AudioChunk
 class ReplySpeech:
     """One reply's speech: the records sent to the page and the samples for the WAV."""
 
-    def __init__(self, speak: bool, turn: dict | None = None, max_seconds: float | None = None) -> None:
+    def __init__(self, speak: bool, turn: dict | None = None, max_seconds: float | None = None,
+                 prior_rate: float | None = None, on_finish=None) -> None:
         #: Random and unguessable: the page asks for missed chunks by it.
         self.id = uuid.uuid4().hex
         #: Upper bound of the reply's speech (the length limit); ``None`` when unknown.
@@ -41,6 +43,10 @@ class ReplySpeech:
         self.records: list[str] = []
         self.sample_rate = 24000
         self._started: float | None = None
+        self._first: tuple[float, float] | None = None  # (time, seconds of speech) at the first chunk
+        #: How fast recent replies made speech after their first chunk (``None``: not known yet).
+        self.prior_rate = prior_rate
+        self._on_finish = on_finish
         #: The last record, once the reply has ended.
         self.end_record: str | None = None
         #: What the player component shows now (replaced, never appended: see the module doc).
@@ -62,17 +68,47 @@ class ReplySpeech:
         samples = np.ascontiguousarray(chunk.samples, dtype="<i2")
         self.sample_rate = chunk.sample_rate
         self.chunks.append(samples)
-        produced = self.seconds
-        elapsed = max(time.monotonic() - self._started, 1e-3)
+        produced, now = self.seconds, time.monotonic()
+        if self._first is None:
+            self._first = (now, produced)
         left = None if self.max_seconds is None else round(max(0.0, self.max_seconds - produced), 3)
-        record = json.dumps({"seq": len(self.records), "sr": chunk.sample_rate, "rate": round(produced / elapsed, 4),
+        record = json.dumps({"seq": len(self.records), "sr": chunk.sample_rate, "rate": round(self.rate(now), 4),
                              "left": left, "pcm": base64.b64encode(samples.tobytes()).decode("ascii")})
         self.records.append(record)
         self.value = f"{self.header}\n{record}"
         return self.value
 
+    def steady_rate(self, now: float | None = None) -> float | None:
+        """Seconds of speech made per second since the first chunk (``None`` before a second one)."""
+        if self._first is None or len(self.chunks) < 2:
+            return None
+        at, first = self._first
+        elapsed = (time.monotonic() if now is None else now) - at
+        return (self.seconds - first) / elapsed if elapsed > 1e-3 else None
+
+    def rate(self, now: float | None = None) -> float:
+        """How fast the rest of the speech will come, for the page's player to plan its start.
+
+        Speech is made at a steady pace once the first chunk is out; the wait for the first
+        chunk (the prompt, the first codes) is paid once and says nothing about the pace,
+        so counting it would make the player wait far too long. From the second chunk on
+        the pace is measured; at the first it is the pace of recent replies, and for the
+        very first reply the overall rate so far (the cautious choice).
+        """
+        now = time.monotonic() if now is None else now
+        steady = self.steady_rate(now)
+        if steady is not None:
+            return steady
+        if self.prior_rate is not None:
+            return self.prior_rate
+        return self.seconds / max(now - (self._started or now), 1e-3)
+
     def finish(self) -> str:
         """No more speech: the end record says how many chunks there were."""
+        steady = self.steady_rate()
+        if steady is not None and self._on_finish is not None:
+            self._on_finish(steady)
+            self._on_finish = None
         self.end_record = json.dumps({"end": len(self.records)})
         self.value = f"{self.header}\n{self.end_record}"
         return self.value
@@ -103,10 +139,17 @@ class SpeechStore:
         self._lock = threading.Lock()
         self._replies: OrderedDict[str, ReplySpeech] = OrderedDict()
         self._files: OrderedDict[Path, tuple[str, str]] = OrderedDict()  # file -> (session, tab), oldest first
+        #: The pace at which recent replies made speech after their first chunk (seconds per second).
+        self.recent_rate: float | None = None
+
+    def _learn_rate(self, rate: float) -> None:
+        # A moving average: one reply slowed by other work on the machine moves it only part way.
+        with self._lock:
+            self.recent_rate = rate if self.recent_rate is None else 0.5 * self.recent_rate + 0.5 * rate
 
     def new_reply(self, speak: bool, turn: dict | None = None, max_seconds: float | None = None) -> ReplySpeech:
         """A reply about to stream; kept while its speech fits in ``keep_seconds`` of recent replies."""
-        reply = ReplySpeech(speak, turn, max_seconds)
+        reply = ReplySpeech(speak, turn, max_seconds, self.recent_rate, self._learn_rate)
         with self._lock:
             self._replies[reply.id] = reply
             total = sum(r.seconds for r in self._replies.values())
