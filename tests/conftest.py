@@ -90,69 +90,6 @@ def any_service(request, service, reference_service):
     return service if request.param == "streaming" else reference_service
 
 
-class LiveApp:
-    """``python app.py`` on a free port, its log kept for the tests to read."""
-
-    def __init__(self, url: str, log: Path, process) -> None:
-        self.url = url
-        self.log = log
-        self.process = process
-
-    def turn_end_times(self) -> list[float]:
-        """Epoch seconds of each end of a spoken turn, as the app logged them."""
-        import re
-
-        return [float(m) for m in re.findall(r"turn ended at ([0-9.]+)", self.log.read_text())]
-
-
-@pytest.fixture(scope="session")
-def live_app(tmp_path_factory, _isolated_cache):
-    """The web app with the tiny model, launched as a user would, for client and browser tests."""
-    import socket
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
-    handle = log.open("w")
-    # A voices folder with a malformed file: the app must start anyway and say why it skipped it.
-    voices = tmp_path_factory.mktemp("voices")
-    (voices / "broken.voice.safetensors").write_bytes(b"not a voice file")
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--model", "tiny", "--port", str(port), "--max-new-tokens", "24",
-         "--max-speech-seconds", "2", "--voices-dir", str(voices)], cwd=root, env=env, stdout=handle,
-        stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited early:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"app.py did not start:\n{log.read_text()[-3000:]}")
-    yield LiveApp(url, log, process)
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    handle.close()
-    # Kept for whoever reads a failed run.
-    out = root / "test-output"
-    out.mkdir(exist_ok=True)
-    shutil.copyfile(log, out / "app.log")
-
-
 #: The key the served model requires in the tests (a missing or wrong one gets 401).
 SERVER_KEY = "test-key"
 
@@ -166,15 +103,23 @@ class LiveProcess:
         self.process = process
 
 
+class LiveApp(LiveProcess):
+    """``python app.py`` on a free port, its log kept for the tests to read."""
+
+    def turn_end_times(self) -> list[float]:
+        """Epoch seconds of each end of a spoken turn, as the app logged them."""
+        import re
+
+        return [float(m) for m in re.findall(r"turn ended at ([0-9.]+)", self.log.read_text())]
+
+
 def _free_port() -> int:
-    import socket
+    from launch import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
-def launch(args: list[str], url: str, log: Path, probe: str = ""):
+def launch(args: list[str], url: str, log: Path, probe: str = "", kind: type[LiveProcess] = LiveProcess):
     """Start ``args`` (a Python command) in the repository and wait until ``url + probe`` answers."""
     import sys
     import time
@@ -190,7 +135,7 @@ def launch(args: list[str], url: str, log: Path, probe: str = ""):
             pytest.fail(f"{' '.join(args[:3])} exited early:\n{log.read_text()[-3000:]}")
         try:
             urllib.request.urlopen(url + probe, timeout=2)
-            return LiveProcess(url, log, process)
+            return kind(url, log, process)
         except OSError:
             time.sleep(0.5)
     process.kill()
@@ -206,6 +151,20 @@ def stop(live: LiveProcess, name: str) -> None:
     out = Path(__file__).resolve().parents[1] / "test-output"
     out.mkdir(exist_ok=True)
     shutil.copyfile(live.log, out / name)
+
+
+@pytest.fixture(scope="session")
+def live_app(tmp_path_factory, _isolated_cache):
+    """The web app with the tiny model, launched as a user would, for client and browser tests."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    # A voices folder with a malformed file: the app must start anyway and say why it skipped it.
+    voices = tmp_path_factory.mktemp("voices")
+    (voices / "broken.voice.safetensors").write_bytes(b"not a voice file")
+    live = launch(["app.py", "--model", "tiny", "--port", str(port), "--max-new-tokens", "24", "--max-speech-seconds",
+                   "2", "--voices-dir", str(voices)], f"http://127.0.0.1:{port}/", log, kind=LiveApp)
+    yield live
+    stop(live, "app.log")
 
 
 @pytest.fixture(scope="session")
