@@ -42,7 +42,7 @@ def test_streamed_speech_is_the_local_backends_and_starts_before_the_text_ends(c
     stream = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "Go"}], modalities=["text", "audio"],
         audio={"voice": "Chelsie", "format": "pcm16"}, stream=True, seed=1, max_completion_tokens=64,
-        extra_body={"max_speech_seconds": 1.5})
+        stream_options={"include_usage": True}, extra_body={"max_speech_seconds": 1.5})
     order, text, pcm, final = [], [], b"", None
     for chunk in stream:
         if not chunk.choices:
@@ -67,6 +67,15 @@ def test_streamed_speech_is_the_local_backends_and_starts_before_the_text_ends(c
     assert final.usage.completion_tokens == stats["text_tokens"] == events[-1].stats.text_tokens
     assert final.usage.prompt_tokens > 0 and stats["seed"] == 1 and stats["engine"] == "streaming"
     assert 0 < stats["time_to_first_audio"] < stats["total_time"] and stats["audio_seconds"] == pytest.approx(1.5)
+
+
+def test_without_include_usage_every_streamed_chunk_has_a_choice(client):
+    # As OpenAI streams: a client that reads choices[0] of every chunk never meets an empty list.
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], stream=True,
+                                            seed=1, max_completion_tokens=8)
+    chunks = list(stream)
+    assert chunks and all(chunk.choices for chunk in chunks)
+    assert chunks[-1].choices[0].finish_reason and chunks[-1].model_extra["stats"]["text_tokens"] > 0
 
 
 def test_a_whole_reply_in_wav_is_a_24khz_wav_with_its_transcript(client):
@@ -216,3 +225,57 @@ def test_a_body_over_the_limit_gets_413(local):
         assert http.post("/v1/chat/completions", content=b"{oops").json()["error"]["message"].startswith(
             "The request body is not valid JSON")
         assert http.get("/v2/anything").status_code == 404
+
+
+# --- the server's own bookkeeping, in process -----------------------------------------------------
+
+def test_a_busy_server_refuses_before_reading_the_body_and_gives_the_place_back(local):
+    import anyio
+
+    from omni_app.serve.responses import ApiError
+    from omni_app.serve.state import ServerSettings, ServerState
+
+    state = ServerState(local, ServerSettings(max_active=1))
+
+    async def scenario():
+        async with state.admitted():  # one request is reading its body (or decoding its media)
+            with pytest.raises(ApiError) as refused:
+                async with state.admitted():
+                    pytest.fail("admitted past max_active")
+            assert refused.value.status == 429 and state.active == 1
+        assert state.active == 0  # a request that failed before it started gave its place back
+
+    anyio.run(scenario)
+
+
+def test_a_stream_whose_client_left_before_its_first_byte_is_closed(local):
+    import anyio
+    from starlette.requests import ClientDisconnect
+
+    from omni_app.api import CancelToken
+    from omni_app.serve.bridge import Pump
+    from omni_app.serve.responses import ClosingStreamingResponse
+
+    closed = []
+    pump = Pump((event for event in []), CancelToken(), closed.append)
+
+    async def body():
+        yield b"never sent"
+
+    async def gone(message):  # an ASGI 2.4 server: sending to a client that left fails
+        raise OSError("the client went away")
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def scenario():
+        response = ClosingStreamingResponse(body(), pump, media_type="text/event-stream")
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}}
+        with pytest.raises(ClientDisconnect):  # as starlette reports a failed send
+            await response(scope, receive, gone)
+
+    anyio.run(scenario)
+    deadline = time.monotonic() + 10
+    while not closed and time.monotonic() < deadline:  # the stream is closed in a thread of its own
+        time.sleep(0.01)
+    assert closed == [pump] and pump.cancel.is_set()

@@ -112,7 +112,8 @@ class ReplicaBackend:
 
     def create_voice(self, name: str, reference_16k, base: str, save: bool = False) -> str:
         try:
-            voice_id, voice = self._handle.make_voice.remote(name, reference_16k, base, save).result()
+            # It waits its turn for the model like a reply; a replica that never answers fails it.
+            voice_id, voice = self._handle.make_voice.remote(name, reference_16k, base, save).result(timeout_s=600)
         except Exception as exc:
             raise replica_error(exc, 0.0) from None
         with self._lock:

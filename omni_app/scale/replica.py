@@ -40,6 +40,8 @@ class ReplicaConfig:
     #: Saved voices, loaded at start (on a cluster: a folder every node sees at this path).
     voices_dir: str | None = None
     warmup: bool = True
+    #: Memory for the conversations' caches in each replica (see ServiceConfig.session_cache_mb).
+    session_cache_mb: int = ServiceConfig.session_cache_mb
 
 
 class ModelReplica:
@@ -49,7 +51,7 @@ class ModelReplica:
         from ..engine.local import LocalBackend
 
         service_config = ServiceConfig(model=config.model, device=config.device, dtype=config.dtype,
-                                       engine=config.engine)
+                                       engine=config.engine, session_cache_mb=config.session_cache_mb)
         voices_dir = Path(config.voices_dir) if config.voices_dir else None
         self.backend = LocalBackend.from_config(service_config, voices_dir)
         for problem in self.backend.load_voices():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..config import GenerationLimits, MediaLimits
+from ..config import GenerationLimits, MediaLimits, ServiceConfig
 from ..errors import RequestError
 from ..serve.state import ServerSettings
 from .replica import ReplicaConfig
@@ -50,6 +50,7 @@ class ScaleSettings:
 #: The builder's arguments and their defaults (``serve run ... key=value`` passes strings).
 ARGS = {
     "model": "auto", "device": "auto", "dtype": "auto", "engine": "streaming", "voices_dir": None, "warmup": True,
+    "session_cache_mb": ServiceConfig.session_cache_mb,
     "max_new_tokens": GenerationLimits.max_new_tokens, "max_speech_seconds": GenerationLimits.max_speech_seconds,
     "max_active": 32, "max_body_mb": None, "api_key": None,
     "replicas": 1, "min_replicas": None, "max_replicas": None, "target_ongoing": 2.0,
@@ -69,7 +70,7 @@ def parse_args(args: dict | None) -> tuple[ReplicaConfig, ServerSettings, ScaleS
     replica = ReplicaConfig(model=str(value["model"]), device=str(value["device"]), dtype=str(value["dtype"]),
                             engine=str(value["engine"]),
                             voices_dir=os.path.abspath(voices_dir) if voices_dir else None,
-                            warmup=number.flag("warmup"))
+                            warmup=number.flag("warmup"), session_cache_mb=number.whole("session_cache_mb"))
     max_body = number.real("max_body_mb")
     settings = ServerSettings(
         limits=GenerationLimits(max_new_tokens=number.whole("max_new_tokens"),

@@ -33,6 +33,8 @@ DIALECTS = ("auto", encode.OPENAI, encode.VLLM_OMNI)
 QWEN_VOICES = ["Chelsie", "Ethan"]
 #: How long the list of voices is trusted before asking the server again.
 VOICES_TTL_SECONDS = 10.0
+#: Read timeout of requests that need no model time (voices, models, ending a session).
+METADATA_TIMEOUT_S = 10.0
 
 
 class RemoteBackend:
@@ -117,7 +119,7 @@ class RemoteBackend:
         if not self.ours:
             return  # vLLM-Omni keeps nothing per conversation
         try:
-            self._send("DELETE", f"/v1/sessions/{quote(session, safe='')}")
+            self._send("DELETE", f"/v1/sessions/{quote(session, safe='')}", timeout=METADATA_TIMEOUT_S)
         except (BackendUnavailable, RequestError) as exc:
             log.warning("could not tell the server that session %s ended: %s", session, exc)
 
@@ -209,7 +211,8 @@ class RemoteBackend:
 
     def _get(self, path: str, required: bool = True):
         try:
-            response = self._http.get(path)
+            # Metadata answers at once; the long read timeout is for replies waiting their turn.
+            response = self._http.get(path, timeout=METADATA_TIMEOUT_S)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code >= 400:
@@ -221,9 +224,10 @@ class RemoteBackend:
         except ValueError:
             return None
 
-    def _send(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _send(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._http.request(method, path, json=body,
+                                          **({"timeout": timeout} if timeout is not None else {}))
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code >= 400:
@@ -238,7 +242,7 @@ class RemoteBackend:
             body = {}
         error = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else body
         message = (error.get("message") if isinstance(error, dict) else None) or response.text[:200] or "no message"
-        if response.status_code >= 500:
+        if response.status_code >= 500 or response.status_code == 429:  # 429: busy, ask again later
             return BackendUnavailable(f"The model server at {self.url} failed (HTTP {response.status_code}): {message}")
         if response.status_code in (401, 403):
             return RequestError(f"The model server at {self.url} refused the request: {message}")

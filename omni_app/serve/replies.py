@@ -97,11 +97,15 @@ class ChatChunks:
                 self._header_sent = True
             out.append(self.chunk({"audio": {"id": self.audio_id, "data": b64(data)}}))
         elif isinstance(event, Notice):
-            out.append(self.chunk(None, notice=notice_json(event)))
+            # An empty delta: clients that read choices[0] of every chunk keep working.
+            out.append(self.chunk({}, notice=notice_json(event)))
         elif isinstance(event, Done):
             delta = {"audio": {"id": self.audio_id, "expires_at": expiry()}} if self.call.audio_format else {}
-            out.append(self.chunk(delta, FINISH_REASONS[event.reason]))
-            out.append(self.chunk(None, usage=usage_json(event), stats=stats_json(event)))
+            if self.call.include_usage:
+                out.append(self.chunk(delta, FINISH_REASONS[event.reason]))
+                out.append(self.chunk(None, usage=usage_json(event), stats=stats_json(event)))
+            else:  # as OpenAI does: no chunk without choices unless stream_options asks for it
+                out.append(self.chunk(delta, FINISH_REASONS[event.reason], stats=stats_json(event)))
         return out
 
 

@@ -14,6 +14,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
 
@@ -91,7 +92,8 @@ async def read_json(request, limit: int) -> dict:
         if len(body) > limit:
             raise too_large(limit)
     try:
-        data = json.loads(body)
+        # A large body takes a while to parse: not on the event loop, where every stream waits.
+        data = await run_in_threadpool(json.loads, bytes(body))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"The request body is not valid JSON ({exc}).") from exc
     if not isinstance(data, dict):
@@ -110,12 +112,17 @@ def sse(data: dict | str) -> str:
 
 
 class ClosingStreamingResponse(StreamingResponse):
-    """A streaming response that always closes its body iterator, however the client left.
+    """A streaming response that always closes its body iterator and its stream, however the client left.
 
     Depending on the server's ASGI version a disconnect either cancels the body (ASGI
-    2.3) or surfaces as a failed send (2.4); in both cases the iterator's ``finally``
-    must run now, not whenever it is garbage-collected, so the generation stops at once.
+    2.3) or surfaces as a failed send (2.4); in both cases the generation must stop now,
+    not whenever the iterator is garbage-collected. Closing an iterator that never started
+    does not run its ``finally``, so the stream (``pump``) is closed here as well.
     """
+
+    def __init__(self, content, pump, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self._pump = pump
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -123,3 +130,4 @@ class ClosingStreamingResponse(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()
+            self._pump.close()

@@ -91,17 +91,18 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
 
     @api.post("/chat/completions")
     async def chat_completions(request: Request):
-        body = await read_json(request, settings.body_limit)
-        # Decoding media is CPU work: keep it off the event loop.
-        call = await run_in_threadpool(parse_chat, body, settings.limits, settings.media, state.default_voice(),
-                                       state.transcript)
-        pump = state.open(call.request)
+        async with state.admitted() as place:
+            body = await read_json(request, settings.body_limit)
+            # Decoding media is CPU work: keep it off the event loop.
+            call = await run_in_threadpool(parse_chat, body, settings.limits, settings.media, state.default_voice(),
+                                           state.transcript)
+            pump = state.open(call.request, place)
         first = await _first(pump, request)
         if first is None:
             return Response(status_code=CLIENT_CLOSED)
         if call.stream:
-            return ClosingStreamingResponse(_chat_events(state, pump, first, call), media_type="text/event-stream",
-                                            headers=NO_BUFFERING)
+            return ClosingStreamingResponse(_chat_events(state, pump, first, call), pump,
+                                            media_type="text/event-stream", headers=NO_BUFFERING)
         events = [first]
         try:
             while events[-1] is not END:
@@ -122,19 +123,20 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
 
     @api.post("/audio/speech")
     async def speech(request: Request):
-        body = await read_json(request, settings.body_limit)
         if not state.backend.info.can_speak_text:
             raise Unsupported("The model behind this server can't speak a given text (it needs the streaming engine).")
-        call = parse_speech(body, settings.limits, state.default_voice())
-        pump = state.open(call.request)
+        async with state.admitted() as place:
+            body = await read_json(request, settings.body_limit)
+            call = parse_speech(body, settings.limits, state.default_voice())
+            pump = state.open(call.request, place)
         first = await _first(pump, request)
         if first is None:
             return Response(status_code=CLIENT_CLOSED)
         if call.sse:
             events = _speech_events(pump, first, len(call.request.speak_text))
-            return ClosingStreamingResponse(events, media_type="text/event-stream", headers=NO_BUFFERING)
+            return ClosingStreamingResponse(events, pump, media_type="text/event-stream", headers=NO_BUFFERING)
         media_type = "audio/wav" if call.audio_format == "wav" else "audio/pcm"
-        return ClosingStreamingResponse(_speech_bytes(pump, first, call.audio_format), media_type=media_type,
+        return ClosingStreamingResponse(_speech_bytes(pump, first, call.audio_format), pump, media_type=media_type,
                                         headers={**NO_BUFFERING, "X-Sample-Rate": str(SPEECH_RATE)})
 
     app.include_router(api)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import threading
 import time
@@ -67,21 +68,30 @@ class ServerState:
         self._lock = threading.Lock()
         self._transcripts: OrderedDict[str, str] = OrderedDict()
 
-    def open(self, request: OmniRequest) -> Pump:
-        """Start a backend stream for ``request`` (429 when too many are in progress)."""
+    @contextlib.asynccontextmanager
+    async def admitted(self):
+        """A place among the requests in progress (429 when there is none), taken before the
+        body is read and decoded: a busy server refuses large uploads without doing that work.
+        The place is given back on leaving, unless :meth:`open` handed it to a stream."""
         with self._lock:
             if self.active >= self.settings.max_active:
                 raise ApiError(429, f"The server is busy: {self.active} requests are in progress. Try again shortly.",
                                "rate_limit_error", code="busy")
             self.active += 1
-        cancel = CancelToken()
+        place = {"held": True}
         try:
-            events = self.backend.stream(request, cancel)
-        except BaseException:
-            with self._lock:
-                self.active -= 1
-            raise
-        return Pump(events, cancel, self._closed)
+            yield place
+        finally:
+            if place["held"]:
+                with self._lock:
+                    self.active -= 1
+
+    def open(self, request: OmniRequest, place: dict) -> Pump:
+        """Start a backend stream for ``request`` in an :meth:`admitted` place; the stream gives it back."""
+        cancel = CancelToken()
+        pump = Pump(self.backend.stream(request, cancel), cancel, self._closed)
+        place["held"] = False
+        return pump
 
     def _closed(self, pump: Pump) -> None:
         with self._lock:

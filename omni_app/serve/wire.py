@@ -35,6 +35,8 @@ class ChatCall:
     stream: bool
     #: ``pcm16`` or ``wav``; ``None`` for a text-only reply.
     audio_format: str | None
+    #: ``stream_options.include_usage``: a last chunk with no choices carries the usage.
+    include_usage: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,10 @@ def parse_chat(body: dict, limits: GenerationLimits, media: MediaLimits, default
         conversation, voice=voice, limits=_limits(body, max_tokens, limits), seed=_seed(body),
         speech_sampling=_flag(body, "speech_sampling", True), session=_session(body),
     )
-    return ChatCall(request, stream, audio_format)
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise WireError("stream_options must be an object.", "stream_options")
+    return ChatCall(request, stream, audio_format, include_usage=_flag(options, "include_usage"))
 
 
 def parse_speech(body: dict, limits: GenerationLimits, default_voice: str) -> SpeechCall:
