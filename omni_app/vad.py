@@ -80,6 +80,7 @@ class TurnDetector:
         self._pending = np.zeros(0, np.float32)  # < one window, waiting for more
         self._preroll = np.zeros(0, np.float32)  # recent audio before speech starts
         self._speech: list[np.ndarray] | None = None  # the current utterance, while speaking
+        self._start = 0  # where silero put the utterance's start (samples since the last reset)
         self.speaking = False
 
     def set_min_silence(self, ms: int) -> None:
@@ -95,6 +96,7 @@ class TurnDetector:
         self._pending = np.zeros(0, np.float32)
         self._preroll = np.zeros(0, np.float32)
         self._speech = None
+        self._start = 0
         self.speaking = False
 
     def feed(self, sample_rate: int, samples: np.ndarray) -> list[VadEvent]:
@@ -115,6 +117,7 @@ class TurnDetector:
             else:
                 self._speech.append(window)
             if result and "start" in result and self._speech is None:
+                self._start = result["start"]
                 self._speech = [self._preroll.copy()]
                 self.speaking = True
                 events.append(SpeechStarted())
@@ -123,13 +126,17 @@ class TurnDetector:
                 or sum(len(c) for c in self._speech) > self.options.max_turn_seconds * MODEL_SAMPLE_RATE
             ):
                 utterance = np.concatenate(self._speech)
+                ended = bool(result and "end" in result)
                 # Cut at the length limit while still speaking: the next turn starts right away
                 # (silero reports no new start while it is still in its speech state).
-                still_speaking = not (result and "end" in result) and self._vad.triggered
+                still_speaking = not ended and self._vad.triggered
                 self._speech = [] if still_speaking else None
                 self.speaking = still_speaking
                 self._preroll = np.zeros(0, np.float32)
-                if len(utterance) >= self.options.min_speech_ms * MODEL_SAMPLE_RATE / 1000 + pad:
+                # The speech itself, without the padding silero adds on both sides (the utterance
+                # also holds the pause that ended it, so its length says nothing of a cough).
+                spoken = result["end"] - self._start - 2 * pad if ended else len(utterance)
+                if spoken >= self.options.min_speech_ms * MODEL_SAMPLE_RATE / 1000:
                     events.append(TurnEnded(utterance))
         return events
 

@@ -56,6 +56,7 @@ def test_the_rate_is_the_pace_after_the_first_chunk_and_the_next_reply_starts_fr
         for k in range(3):
             clock[0] += first_at if k == 0 else 0.4
             found.append(records(reply.add(chunk(12000, k)))[1][0]["rate"])
+        clock[0] += 2.0  # stopped a while after its last chunk: the pace is that of the chunks
         reply.finish()
         return found
 

@@ -157,6 +157,31 @@ def test_voice_turn_by_voice_activity(app, tmp_path):
     assert audio
 
 
+def test_a_short_burst_stops_a_reply_but_is_no_turn(app, tmp_path):
+    # A cough or a click: 150 ms of sound. It barges in (as any voice does) but nothing is answered.
+    chunks = speech_chunks(tmp_path, "Hello there")
+    rate, data = chunks[0][0], np.concatenate([c for _, c in chunks])
+    start = int(0.3 * rate)  # the speech starts after the padding
+    burst = np.concatenate([data[:start + int(0.15 * rate)], np.zeros(2 * rate, np.int16)])
+    turns, barged = [], False
+    for k in range(0, len(burst), rate // 4):
+        turn, barge = app["on_mic"]((rate, burst[k:k + rate // 4]), None, "voice", session("burst"))[:2]
+        turns += [] if isinstance(turn, dict) else [turn]
+        barged |= not isinstance(barge, dict)
+    assert barged and turns == []
+
+
+def test_a_turn_begun_in_one_tab_is_not_finished_in_it_after_a_switch(app, tmp_path):
+    chunks = speech_chunks(tmp_path, "Tell me what the weather is like today")
+    half = len(chunks) // 3
+    for chunk in chunks[:half]:  # speaking in the voice chat ...
+        app["on_mic"](chunk, None, "voice", session("switch"))
+    app["on_mic"](chunks[half], None, "video", session("switch"))  # ... then the video chat is shown
+    silence = (chunks[0][0], np.zeros(chunks[0][0] // 4, np.int16))
+    heard = [app["on_mic"](silence, None, "voice", session("switch")) for _ in range(8)]  # back, silent
+    assert all(isinstance(updates[0], dict) for updates in heard)  # no half question answered there
+
+
 def test_speaking_during_a_reply_stops_it(service, tmp_path):
     # Long limits: without barge-in this reply would run for a minute of speech.
     long_context = AppContext(LocalBackend(service), GenerationLimits(max_new_tokens=2000, max_speech_seconds=60),

@@ -31,7 +31,7 @@ def banner_text(app: AppContext) -> str:
 
 
 def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1) -> gr.Blocks:
-    """Compose the ``tabs`` (ids from :data:`~omni_app.config.TABS`, shown in that order).
+    """Compose the ``tabs`` (ids from :data:`~omni_app.config.TABS`; the first one named opens first).
 
     ``concurrency`` replies are generated at once (one per GPU worker on ZeroGPU; one model
     in this process serves one at a time). Launch with ``.queue().launch()`` (see app.py).
@@ -44,7 +44,9 @@ def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1)
         # One live microphone for the chat tabs (gradio runs one streaming recorder per page).
         live = LiveMicrophone(app.vad) if {"voice", "video"} & set(tabs) else None
         pickers, shown = [], {}
-        with gr.Tabs():
+        # Opens on the first tab asked for (the tabs are laid out in a fixed order), which
+        # is also where the live microphone's turns go until another tab is chosen.
+        with gr.Tabs(selected=tabs[0]):
             for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
                                           ("image", "Image Q&A", image_qa)):
                 if tab_id not in tabs:

@@ -74,7 +74,9 @@ class AppContext:
         return self._voices(request).get(name, ("", stock[0]))[1] or stock[0]
 
     def remember(self, request, reply: LastReply) -> None:
-        self.sessions.get(request).last = reply
+        session = self.sessions.find(request)  # a session that closed meanwhile is not made again
+        if session is not None:
+            session.last = reply
 
     def last(self, request) -> LastReply | None:
         session = self.sessions.find(request)

@@ -67,6 +67,8 @@ class LiveMicrophone:
             for k, (tab_id, (sessions, _, _)) in enumerate(routes):
                 if tab_id == tab:
                     updates[2 * k:2 * k + 2] = feed_microphone(sessions.get(request), chunk, self.options, silence_ms)
+                else:
+                    forget_half_turn(sessions, request)
             return updates
 
         self.mic.stream(on_mic, inputs=[self.mic, self.silence, shown_tab], outputs=outputs,
@@ -99,6 +101,16 @@ def feed_microphone(session: ChatSession, chunk, options: VadOptions, silence_ms
             log.info("turn ended at %.3f after %.2f s of speech", time.time(), event.seconds)
             turn = session.turn_count
     return turn, barge
+
+
+def forget_half_turn(sessions: SessionStore, request) -> None:
+    """The user switched tabs while speaking: the other tab's detector drops its half utterance
+    (it would otherwise be glued to the next turn there, or answered alone much later)."""
+    browser = sessions.sessions.find(request)
+    chat = browser.chats.get(sessions.name) if browser is not None else None
+    if chat is not None and chat.detector is not None and chat.detector.speaking:
+        with chat.lock:
+            chat.detector.reset()
 
 
 def take_turn(session: ChatSession):

@@ -61,6 +61,7 @@ class ChatSession:
         self.cancel = None
         self.conversation = Conversation()
         self.messages = []
+        self.frames.clear()
         with self.lock:
             if self.detector is not None:
                 self.detector.reset()
@@ -120,8 +121,9 @@ class Sessions:
                 while len(self._sessions) > self.limit:
                     evicted.append(self._sessions.popitem(last=False)[1])
             self._sessions.move_to_end(key)
-        for old in evicted:
-            old.end()
+        if evicted:
+            # Ending tells the backend (an HTTP call to a model server): not in this user's request.
+            threading.Thread(target=lambda: [old.end() for old in evicted], daemon=True).start()
         return session
 
     def find(self, request) -> BrowserSession | None:

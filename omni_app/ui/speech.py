@@ -44,6 +44,7 @@ class ReplySpeech:
         self.sample_rate = 24000
         self._started: float | None = None
         self._first: tuple[float, float] | None = None  # (time, seconds of speech) at the first chunk
+        self._last_at: float | None = None  # when the last chunk came
         #: How fast recent replies made speech after their first chunk (``None``: not known yet).
         self.prior_rate = prior_rate
         self._on_finish = on_finish
@@ -69,6 +70,7 @@ class ReplySpeech:
         self.sample_rate = chunk.sample_rate
         self.chunks.append(samples)
         produced, now = self.seconds, time.monotonic()
+        self._last_at = now
         if self._first is None:
             self._first = (now, produced)
         left = None if self.max_seconds is None else round(max(0.0, self.max_seconds - produced), 3)
@@ -105,7 +107,8 @@ class ReplySpeech:
 
     def finish(self) -> str:
         """No more speech: the end record says how many chunks there were."""
-        steady = self.steady_rate()
+        # Paced up to the last chunk: a reply stopped a while after it teaches nothing slower.
+        steady = self.steady_rate(self._last_at)
         if steady is not None and self._on_finish is not None:
             self._on_finish(steady)
             self._on_finish = None

@@ -69,7 +69,9 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
 
     @shown
     def video_on_end_call(request: gr.Request):
-        sessions.get(request).stop()
+        session = sessions.get(request)
+        session.stop()
+        session.frames.clear()  # the camera is off: its frames (up to ~200 MB) go now
 
     @shown
     def video_on_clear(request: gr.Request):
