@@ -123,8 +123,10 @@ class GpuFailure:
     def of(cls, exc: BaseException) -> GpuFailure:
         details = "".join(traceback.format_exception(exc))
         try:
-            pickle.dumps(exc)
-        except Exception:  # an exception that can't be pickled still comes back by name and message
+            # Both ways: one that pickles but can't be rebuilt (an __init__ with more arguments)
+            # would break the reader on the other side, and the visitor would wait for nothing.
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # an exception that can't travel still comes back by name and message
             exc = RuntimeError(f"{type(exc).__name__}: {exc}")
         return cls(exc, details)
 

@@ -48,7 +48,7 @@ class LocalBackend:
     def from_config(cls, config: ServiceConfig, voices_dir: Path | None = None,
                     gpu: GpuBudget = GpuBudget()) -> LocalBackend:
         """Load the model named in ``config``; voices are saved in ``voices_dir`` (see :meth:`load_voices`)."""
-        return cls(ModelService.from_config(config), voices_dir, gpu=gpu)
+        return cls(ModelService.from_config(config), voices_dir, config.media, gpu=gpu)
 
     def load_voices(self) -> list[str]:
         """Load the voices saved in the voices folder; returns one message per file skipped."""

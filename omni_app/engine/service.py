@@ -242,6 +242,8 @@ class ModelService:
                 outcome["result"] = self.engine.run(self.loaded, prepared, job, put, stop)
             except BaseException as exc:  # re-raised in the consumer below
                 outcome["error"] = exc
+                if closed.is_set():  # nobody is reading any more: the log is the only place left
+                    log.exception("the generation failed after its stream was closed")
             finally:
                 self._lock.release()
                 put(_END)
