@@ -370,3 +370,22 @@ def test_no_speaking_tab_streams_audio_through_gradio(app, context):
     assert not [b for b in outputs if isinstance(b, gr.Audio) and b.streaming]
     players = {b.elem_id for b in outputs if isinstance(b, gr.HTML) and (b.elem_id or "").endswith("-speech")}
     assert players == {"voice-speech", "video-speech", "image-speech", "tts-speech"}
+
+
+def test_voice_cloning_shows_its_place_while_waiting_and_stop_ends_the_wait(app, service):
+    from omni_app.api import Request
+    from omni_app.conversation import Conversation
+    from omni_app.events import TextDelta
+
+    holding = service.stream(Request(Conversation().add_user("Hold the model"), voice=None,
+                                     limits=GenerationLimits(max_new_tokens=4000), seed=1))
+    assert isinstance(next(holding), TextDelta)  # the model is busy from here on
+    try:
+        reading = app["read"]("Read this when it is my turn.", "Chelsie", session("tts-wait"))
+        statuses = [next(reading)[1], next(reading)[1]]
+        assert statuses == ["Speaking…", "⏳ Waiting for the model: 1 request ahead."]
+        app["tts_on_stop"](session("tts-wait"))
+        rest = list(reading)
+    finally:
+        holding.close()
+    assert "stopped" in rest[-1][1] and rest[-1][2] is None  # ended without speech, nothing to replay

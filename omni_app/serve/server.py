@@ -50,8 +50,9 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
     def health() -> dict:
         info = state.backend.info
         busy = getattr(state.backend, "busy", None)
+        # Open to anyone (no key): no description, which for a relay names the server behind it.
         return {"status": "ok", "server": "omni_app", "version": __version__, "model": info.model,
-                "engine": info.engine, "description": info.description,
+                "engine": info.engine,
                 "busy": state.active > 0 if busy is None else bool(busy),
                 "waiting": getattr(state.backend, "waiting", None), "active": state.active,
                 "replicas": getattr(state.backend, "replicas", None), "requests": dict(state.counts)}

@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..api import CancelToken, Request
 from ..errors import OmniError, RequestError
-from ..events import AudioChunk, Done
+from ..events import AudioChunk, Done, Notice
 from ..media import audio_from_array
 from .context import AppContext
 from .errors import shown
@@ -61,7 +61,9 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
             name = gr.Textbox(label="Name of the new voice", value="My voice", elem_id="tts-name")
             save = gr.Checkbox(False, label="Save it in the voices folder", visible=backend.info.can_save_voices)
             create = gr.Button("Create voice", elem_id="tts-create", interactive=can_create)
-    cancels: dict[str, CancelToken] = {}
+    # Each browser session's TTS request lives in its session like a chat's reply, so that
+    # Stop and a closed browser tab stop it.
+    sessions = app.sessions.tab("tts")
 
     @shown
     def create_voice(recorded, base_name, voice_name, keep, request: gr.Request):
@@ -90,15 +92,19 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
         """Yields (speech, status, replay WAV, download WAV), all four every time (see run_reply)."""
         if not words or not words.strip():
             raise RequestError("Type the text to speak first.")
-        cancel = CancelToken()
+        session = sessions.get(request)
+        session.cancel_reply()  # a new text replaces one still being read
+        cancel = session.cancel = CancelToken()
         key = session_key(request)
-        cancels[key] = cancel
         # How long a text reads is not known ahead: the player looks a few seconds ahead.
         reply = app.speech.new_reply(True, turn.for_page(), None)
         yield reply.value, "Speaking…", None, None
         requested = time.monotonic()
         try:
             for event in backend.stream(Request(voice=voice_id, limits=app.limits, speak_text=words), cancel):
+                if isinstance(event, Notice) and event.queue_position is not None:
+                    yield reply.value, f"⏳ {event.message}", None, None  # waiting for the model: nothing made yet
+                    continue
                 reply.start()
                 if isinstance(event, AudioChunk):
                     yield reply.add(event), "Speaking…", None, None
@@ -111,14 +117,12 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
             yield reply.finish(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The speech failed.", None, None
             raise
         finally:
-            if cancels.get(key) is cancel:
-                cancels.pop(key, None)
+            if session.cancel is cancel:
+                session.cancel = None
 
     @shown
     def tts_on_stop(request: gr.Request):
-        cancel = cancels.get(session_key(request))
-        if cancel is not None:
-            cancel.cancel()
+        sessions.get(request).cancel_reply()
 
     outputs = [speech, status, replay, download]
     create.click(create_voice, inputs=[reference, base, name, save], outputs=[voice, status, *chat_voice_pickers],
