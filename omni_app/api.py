@@ -11,7 +11,7 @@ and lists, never model objects. Importing this module imports neither torch nor 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -62,6 +62,22 @@ class CancelToken:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
+
+    def on_cancel(self, action: Callable[[], None], name: str = "omni-cancel-watch") -> Callable[[], None]:
+        """Run ``action`` in a thread of its own the moment this token is set, even while the
+        caller is blocked reading (e.g. to cut a connection). Returns ``stop``: after it,
+        ``action`` no longer runs."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                if self.wait(0.1):
+                    if not done.is_set():
+                        action()
+                    return
+
+        threading.Thread(target=watch, name=name, daemon=True).start()
+        return done.set
 
 
 @dataclass(frozen=True)

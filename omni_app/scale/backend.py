@@ -88,7 +88,8 @@ class ReplicaBackend:
         handle = self._streaming.options(session_id=request.session) if request.session else self._streaming
         started = time.perf_counter()
         replies = handle.stream.remote(request, None if voice is None else (request.voice, voice))
-        watch = _CancelWatch(cancel, replies)
+        # Cancels the handle call the moment the token is set, even while a read waits for an event.
+        stop_watching = cancel.on_cancel(replies.cancel, "omni-replica-cancel") if cancel is not None else None
         texts, audio, ended = 0, 0.0, False
         try:
             for event in replies:
@@ -106,7 +107,8 @@ class ReplicaBackend:
                 return
             raise replica_error(exc, audio) from None
         finally:
-            watch.stop()
+            if stop_watching is not None:
+                stop_watching()
             if not ended:  # the caller closed the stream early: stop the replica's generation
                 replies.cancel()
 
@@ -154,22 +156,3 @@ def replica_error(exc: BaseException, audio_seconds: float) -> OmniError:
     what = f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(exc).__name__}: {exc}"
     log.error("a model replica failed: %s", exc)
     return BackendUnavailable(f"A model replica failed ({what[:300]}).")
-
-
-class _CancelWatch:
-    """Cancels the handle call the moment the request's token is set, even while a read waits for an event."""
-
-    def __init__(self, cancel: CancelToken | None, replies) -> None:
-        self._done = threading.Event()
-        if cancel is not None:
-            threading.Thread(target=self._run, args=(cancel, replies), name="omni-replica-cancel", daemon=True).start()
-
-    def _run(self, cancel: CancelToken, replies) -> None:
-        while not self._done.is_set():
-            if cancel.wait(0.1):
-                if not self._done.is_set():
-                    replies.cancel()
-                return
-
-    def stop(self) -> None:
-        self._done.set()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -161,13 +160,14 @@ class RemoteBackend:
         reader = ChunkReader(self.dialect, self.url)
         first_text = first_audio = None
         samples, rate, texts = 0, 24000, 0
-        watch = _CancelWatch(cancel)
+        stop_watching = None  # set once the response exists
         try:
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise self._refused(response)
-                watch.start(response)
+                if cancel is not None:
+                    stop_watching = cancel.on_cancel(lambda: _cut(response), "omni-remote-cancel")
                 for data in sse_data(response.iter_lines()):
                     for event in reader.feed(data):
                         now = time.perf_counter() - started
@@ -187,7 +187,8 @@ class RemoteBackend:
                 raise BackendUnavailable(f"The model server at {self.url} stopped answering in the middle of the "
                                          f"reply ({type(exc).__name__}: {exc}).") from exc
         finally:
-            watch.stop()
+            if stop_watching is not None:
+                stop_watching()
         cancelled = cancel is not None and cancel.is_set()
         if not cancelled and reader.finish_reason is None and not reader.stats:
             raise BackendUnavailable(f"The model server at {self.url} ended the reply before finishing it.")
@@ -267,33 +268,16 @@ def base_url(url: str) -> str:
     return url[:-3].rstrip("/") if url.endswith("/v1") else url
 
 
-class _CancelWatch:
-    """Stops a response the moment its request is cancelled, even while a read is blocked.
+def _cut(response: httpx.Response) -> None:
+    """End a response whose request was cancelled, even while a read is blocked on it.
 
     Shutting the socket down wakes the reading thread (closing it would not), and the
     server sees the connection end and stops the generation.
     """
-
-    def __init__(self, cancel: CancelToken | None) -> None:
-        self._cancel = cancel
-        self._done = threading.Event()
-
-    def start(self, response: httpx.Response) -> None:
-        if self._cancel is not None:
-            threading.Thread(target=self._run, args=(response,), name="omni-remote-cancel", daemon=True).start()
-
-    def _run(self, response: httpx.Response) -> None:
-        while not self._done.is_set():
-            if self._cancel.wait(0.1):
-                if not self._done.is_set():
-                    stream = response.extensions.get("network_stream")
-                    sock = stream.get_extra_info("socket") if stream is not None else None
-                    if sock is not None:
-                        try:
-                            sock.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass  # already closed: nothing left to stop
-                return
-
-    def stop(self) -> None:
-        self._done.set()
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed: nothing left to stop
