@@ -205,6 +205,7 @@ def test_voice_chat_speaks_through_web_audio_and_barge_in_silences_it(page, live
     assert "waited" in status and "first audio" in status
     latency = (start["at"] - said["speechEnd"]) / 1000
     print(f"\nvoice chat: end of speech to first sound: {latency:.2f} s")
+    SHOTS.parent.mkdir(parents=True, exist_ok=True)
     (SHOTS.parent / "latency.json").write_text(json.dumps({"speech_end_to_sound_s": latency}))
     assert 0 < latency < 120
     shoot(page, "voice-chat")

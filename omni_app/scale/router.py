@@ -6,34 +6,47 @@ one reply at a time: sending a turn to a replica with a longer queue than anothe
 that person wait a whole reply or more, which costs far more than recomputing a prompt.
 
 :class:`SessionRouter` (Ray Serve's ``RequestRouter``, an alpha API) therefore sends a
-request with a session to the replica that served that session last while its queue is
-at most ``slack`` requests longer than the shortest one; everything else goes to the
-replica with the shortest queue (Ray probes queue lengths it does not know). Ray's
-experimental consistent-hash router keeps sessions in place too, but ignores queues.
+request with a session to the replica that served that session last while its load is
+at most ``slack`` requests more than the lightest one's; everything else goes to the
+replica with the lightest load, idle replicas taking turns at random. Ray's experimental
+consistent-hash router keeps sessions in place too, but ignores queues.
 
-The homes are remembered in the router of each process that holds the model's handle:
+A replica's load is what this router knows first hand, the requests it sent there that
+have not finished plus those it is choosing a replica for right now, or what Ray last heard
+from the replica if that is more (other routers' requests). Ray's own queue lengths alone
+are not enough: requests that arrive together are routed concurrently, each before Ray
+counts the others, and they found two idle replicas equally free and could all land on
+one while the other stayed idle, each then waiting a whole reply.
+
+The homes and loads are kept in the router of each process that holds the model's handle:
 the endpoint runs one ingress replica, so there is one table.
 """
 
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 #: Sessions whose home replica is remembered (the least recently served are forgotten).
 MAX_SESSIONS = 100_000
+#: Seconds a choice still counts before Ray sends the request (a request whose caller left while it
+#: was being routed is never sent, and no callback says so); a retry after a back-off chooses again.
+CHOICE_SECONDS = 10.0
 
 
 class SessionRouter(RequestRouter):
-    """Session affinity, bounded by queue length; shortest queue otherwise."""
+    """Session affinity, bounded by load; the lightest load otherwise."""
 
     def initialize_state(self, slack: int = 1, max_sessions: int = MAX_SESSIONS, **kwargs) -> None:
-        """``slack``: how many more waiting requests a session's home may have than the freest replica."""
+        """``slack``: how many more requests a session's home may hold than the lightest-loaded replica."""
         self._slack = int(slack)
         self._max_sessions = int(max_sessions)
         self._homes: OrderedDict[str, ReplicaID] = OrderedDict()
+        self._choosing: dict[str, tuple[ReplicaID, float]] = {}  # request -> (replica, when chosen)
+        self._running: dict[str, ReplicaID] = {}  # request -> replica, from sent until finished
 
     def _state(self) -> None:
         # initialize_state runs when the router is configured; be safe if it was not.
@@ -48,29 +61,45 @@ class SessionRouter(RequestRouter):
         if pending_request is not None:
             # When every replica refuses (all full), wait a little before asking again.
             pending_request.routing_context.should_backoff = True
-        # Ray picks the replica with the shortest queue within a rank, the first one on a tie:
-        # shuffled, idle replicas share new conversations evenly.
-        candidates = random.sample(candidate_replicas, len(candidate_replicas))
-        home = self._home(candidates, pending_request)
+        request = _request_id(pending_request)
+        self._choosing.pop(request, None)  # a retry: its earlier choice was not taken
+        load = self._loads(candidate_replicas)
+        # One replica per rank, lightest first (ties in random order): Ray sends to the first
+        # that has room, so this choice, counted at once, is what a concurrent request sees.
+        ranked = sorted(random.sample(candidate_replicas, len(candidate_replicas)), key=lambda r: load[r.replica_id])
+        home = self._home(ranked, pending_request, load)
         if home is not None:
-            return [[home], candidates]
-        return [candidates]
+            ranked.remove(home)
+            ranked.insert(0, home)
+        if request:
+            self._choosing[request] = (ranked[0].replica_id, time.monotonic())
+        return [[replica] for replica in ranked]
 
-    def _home(self, candidates: list[RunningReplica], pending_request: PendingRequest | None) -> RunningReplica | None:
+    def _loads(self, candidates: list[RunningReplica]) -> dict[ReplicaID, int]:
+        now = time.monotonic()
+        for request, (_, when) in list(self._choosing.items()):
+            if now - when > CHOICE_SECONDS:
+                del self._choosing[request]
+        ours = Counter(self._running.values())
+        ours.update(replica for replica, _ in self._choosing.values())
+        cache = self.replica_queue_len_cache
+        return {r.replica_id: max(ours[r.replica_id], cache.get(r.replica_id) or 0) for r in candidates}
+
+    def _home(self, candidates: list[RunningReplica], pending_request: PendingRequest | None,
+              load: dict[ReplicaID, int]) -> RunningReplica | None:
         session = _session(pending_request)
         replica_id = self._homes.get(session) if session else None
         home = next((r for r in candidates if r.replica_id == replica_id), None)
-        if home is None:
-            return None
-        cache = self.replica_queue_len_cache
-        lengths = [n for n in (cache.get(r.replica_id) for r in candidates) if n is not None]
-        home_length = cache.get(home.replica_id)
-        if home_length is None or not lengths or home_length <= min(lengths) + self._slack:
+        if home is not None and load[home.replica_id] <= min(load.values()) + self._slack:
             return home
         return None
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result) -> None:
         self._state()
+        request = _request_id(pending_request)
+        self._choosing.pop(request, None)
+        if request:
+            self._running[request] = replica_id
         session = _session(pending_request)
         if session:
             self._homes[session] = replica_id
@@ -78,9 +107,25 @@ class SessionRouter(RequestRouter):
             while len(self._homes) > self._max_sessions:
                 self._homes.popitem(last=False)
 
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        # Ray calls this once for every request it sent, finished, failed or refused; a refused
+        # one may already be on its way to another replica, where it still counts.
+        self._state()
+        if self._running.get(internal_request_id) == replica_id:
+            del self._running[internal_request_id]
+        if self._choosing.get(internal_request_id, (None,))[0] == replica_id:
+            del self._choosing[internal_request_id]
+
 
 def _session(pending_request: PendingRequest | None) -> str:
     """The session a request belongs to (set with ``handle.options(session_id=...)``)."""
     if pending_request is None:
         return ""
     return getattr(pending_request.metadata, "session_id", "") or ""
+
+
+def _request_id(pending_request: PendingRequest | None) -> str:
+    """Ray's id of one request (also across its routing retries)."""
+    if pending_request is None:
+        return ""
+    return getattr(pending_request.metadata, "internal_request_id", "") or ""

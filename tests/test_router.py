@@ -1,0 +1,109 @@
+"""The replica chooser of the Ray Serve deployment, on Ray's own router class, without a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+
+pytest.importorskip("ray")
+
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata  # noqa: E402
+from ray.serve.request_router import PendingRequest  # noqa: E402
+
+from omni_app.scale import router as router_module  # noqa: E402
+from omni_app.scale.router import SessionRouter  # noqa: E402
+
+DEPLOYMENT = DeploymentID(name="OmniModel", app_name="omni")
+
+
+@dataclass
+class Replica:
+    """What the router reads of a running replica."""
+
+    replica_id: ReplicaID
+    max_ongoing_requests: int = 8
+
+
+@pytest.fixture(autouse=True)
+def loop():
+    """Ray's pending requests carry a future: they are made where an event loop is current."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+def make_router(slack: int = 1) -> tuple[SessionRouter, list[Replica]]:
+    router = SessionRouter(DEPLOYMENT, DeploymentHandleSource.UNKNOWN, use_replica_queue_len_cache=True)
+    router.initialize_state(slack=slack)
+    return router, [Replica(ReplicaID(unique_id=name, deployment_id=DEPLOYMENT)) for name in ("a", "b")]
+
+
+def pending(n: int, session: str = "") -> PendingRequest:
+    return PendingRequest(args=[], kwargs={}, metadata=RequestMetadata(
+        request_id=f"r{n}", internal_request_id=f"internal-{n}", session_id=session))
+
+
+def choose(router, replicas, request) -> ReplicaID:
+    """The replica Ray tries first for ``request`` (its first rank; one replica per rank)."""
+    ranks = asyncio.get_event_loop().run_until_complete(router.choose_replicas(replicas, request))
+    assert [len(rank) for rank in ranks] == [1] * len(replicas)
+    return ranks[0][0].replica_id
+
+
+def test_requests_routed_together_go_to_different_idle_replicas():
+    for _ in range(20):  # idle replicas tie and are shuffled: every try must split them
+        router, replicas = make_router()
+        first, second = pending(1), pending(2)
+        # Both are being chosen for before Ray has sent either (and counted it in its queue lengths).
+        assert choose(router, replicas, first) != choose(router, replicas, second)
+
+
+def test_a_finished_request_frees_its_replica_and_a_retry_is_not_counted_twice():
+    router, replicas = make_router()
+    a, b = (r.replica_id for r in replicas)
+    request = pending(1)
+    for _ in range(3):  # Ray asks again after a back-off: still one request
+        chosen = choose(router, replicas, request)
+    router.on_request_routed(request, chosen, None)
+    other = b if chosen == a else a
+    assert choose(router, replicas, pending(2)) == other
+    router.on_request_completed(other, "internal-2")
+    router.on_request_completed(chosen, "internal-1")
+    assert router._loads(replicas) == {a: 0, b: 0}
+
+
+def test_a_refused_request_counts_where_it_went():
+    router, replicas = make_router()
+    a, b = (r.replica_id for r in replicas)
+    request = pending(1)
+    choose(router, replicas, request)
+    router.on_request_routed(request, b, None)
+    router.on_request_completed(a, "internal-1")  # the refusal of the first try comes in late
+    assert router._loads(replicas) == {a: 0, b: 1}
+
+
+def test_a_conversation_goes_home_unless_home_is_clearly_busier():
+    router, replicas = make_router(slack=1)
+    a, b = (r.replica_id for r in replicas)
+    router.on_request_routed(pending(1, "talk"), a, None)
+    router.on_request_completed(a, "internal-1")
+    router.on_request_routed(pending(2), a, None)  # someone else's reply runs at home
+    assert choose(router, replicas, pending(3, "talk")) == a  # one more than b: within the slack
+    router.on_request_completed(a, "internal-3")
+    router._choosing.clear()
+    router.on_request_routed(pending(4), a, None)  # two more than b: the turn goes elsewhere
+    assert choose(router, replicas, pending(5, "talk")) == b
+
+
+def test_a_choice_never_sent_stops_counting(monkeypatch):
+    router, replicas = make_router()
+    now = [1000.0]
+    monkeypatch.setattr(router_module.time, "monotonic", lambda: now[0])
+    chosen = choose(router, replicas, pending(1))  # its caller left while it was being routed
+    assert router._loads(replicas)[chosen] == 1
+    now[0] += router_module.CHOICE_SECONDS + 1
+    assert set(router._loads(replicas).values()) == {0}
