@@ -36,7 +36,7 @@ def loop():
     loop.close()
 
 
-def make_router(slack: int = 1) -> tuple[SessionRouter, list[Replica]]:
+def make_router(slack: int = 0) -> tuple[SessionRouter, list[Replica]]:
     router = SessionRouter(DEPLOYMENT, DeploymentHandleSource.UNKNOWN, use_replica_queue_len_cache=True)
     router.initialize_state(slack=slack)
     return router, [Replica(ReplicaID(unique_id=name, deployment_id=DEPLOYMENT)) for name in ("a", "b")]
@@ -86,7 +86,17 @@ def test_a_refused_request_counts_where_it_went():
     assert router._loads(replicas) == {a: 0, b: 1}
 
 
-def test_a_conversation_goes_home_unless_home_is_clearly_busier():
+def test_conversations_at_home_on_one_replica_that_arrive_together_split():
+    router, replicas = make_router()  # the deployment's: home while no other replica is freer
+    a, b = (r.replica_id for r in replicas)
+    for n, session in enumerate(("ann", "bob")):  # both were served by a, one after the other
+        router.on_request_routed(pending(n, session), a, None)
+        router.on_request_completed(a, f"internal-{n}")
+    assert choose(router, replicas, pending(2, "ann")) == a
+    assert choose(router, replicas, pending(3, "bob")) == b  # rather than wait for ann's whole reply
+
+
+def test_with_slack_a_conversation_goes_home_unless_home_is_clearly_busier():
     router, replicas = make_router(slack=1)
     a, b = (r.replica_id for r in replicas)
     router.on_request_routed(pending(1, "talk"), a, None)
@@ -107,3 +117,16 @@ def test_a_choice_never_sent_stops_counting(monkeypatch):
     assert router._loads(replicas)[chosen] == 1
     now[0] += router_module.CHOICE_SECONDS + 1
     assert set(router._loads(replicas).values()) == {0}
+
+
+def test_the_end_of_a_session_reaches_its_home_however_busy():
+    router, replicas = make_router(slack=1)
+    a, b = (r.replica_id for r in replicas)
+    router.on_request_routed(pending(1, "talk"), a, None)
+    for n in (2, 3, 4):
+        router.on_request_routed(pending(n), a, None)  # home is far busier than b
+    end = PendingRequest(args=[], kwargs={}, metadata=RequestMetadata(
+        request_id="r9", internal_request_id="internal-9", session_id="talk", call_method="end_session"))
+    assert choose(router, replicas, end) == a
+    router.on_request_routed(end, a, None)
+    assert "talk" not in router._homes  # ended: nothing left to go home to

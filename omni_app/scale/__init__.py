@@ -7,7 +7,7 @@ front of several copies of the model:
 - :mod:`.backend`: the :class:`~omni_app.api.Backend` the endpoint serves, which hands each
   request to a replica through a deployment handle and streams its events back;
 - :mod:`.router`: which replica: a conversation stays where it was served (its cache is
-  warm there) unless that replica's queue is longer than another's;
+  warm there) unless another replica holds fewer requests;
 - :mod:`.deployment`: the Serve application (:func:`~.deployment.build`, also the
   ``import_path`` of ``deploy/ray-serve.yaml``) and :mod:`.command`, the command.
 

@@ -62,7 +62,7 @@ def application(replica: ReplicaConfig, settings: ServerSettings, scale: ScaleSe
     options: dict = {
         "max_ongoing_requests": settings.max_active,
         "ray_actor_options": {"num_cpus": scale.cpus_per_replica, "num_gpus": scale.gpus_per_replica},
-        "request_router_config": {"request_router_class": ROUTER, "request_router_kwargs": {"slack": 1}},
+        "request_router_config": {"request_router_class": ROUTER, "request_router_kwargs": {"slack": 0}},
         "graceful_shutdown_timeout_s": DRAIN_SECONDS,
         # A model that failed to load (a wrong name, no room on the GPU) fails again: say so soon.
         "max_constructor_retry_count": 2,

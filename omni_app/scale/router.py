@@ -1,4 +1,4 @@
-"""Which replica answers: a conversation stays on the replica that served it, unless another is clearly freer.
+"""Which replica answers: a conversation stays on the replica that served it, unless another is freer.
 
 A replica keeps per-session state (the conversation's cache, where the engine reuses it),
 so a session's next turn is cheapest where its last one ran. But each replica generates
@@ -6,10 +6,12 @@ one reply at a time: sending a turn to a replica with a longer queue than anothe
 that person wait a whole reply or more, which costs far more than recomputing a prompt.
 
 :class:`SessionRouter` (Ray Serve's ``RequestRouter``, an alpha API) therefore sends a
-request with a session to the replica that served that session last while its load is
-at most ``slack`` requests more than the lightest one's; everything else goes to the
-replica with the lightest load, idle replicas taking turns at random. Ray's experimental
-consistent-hash router keeps sessions in place too, but ignores queues.
+request with a session to the replica that served that session last while its load is at
+most ``slack`` requests more than the lightest one's (the deployment uses 0: while no
+other replica is freer); the end of a session always goes there, to free what it left.
+Everything else goes to the replica with the lightest load, idle replicas taking turns at
+random. Ray's experimental consistent-hash router keeps sessions in place too, but ignores
+queues.
 
 A replica's load is what this router knows first hand, the requests it sent there that
 have not finished plus those it is choosing a replica for right now, or what Ray last heard
@@ -35,12 +37,14 @@ MAX_SESSIONS = 100_000
 #: Seconds a choice still counts before Ray sends the request (a request whose caller left while it
 #: was being routed is never sent, and no callback says so); a retry after a back-off chooses again.
 CHOICE_SECONDS = 10.0
+#: The replica method that frees a session's state: it goes to the session's home whatever the loads.
+END_SESSION = "end_session"
 
 
 class SessionRouter(RequestRouter):
     """Session affinity, bounded by load; the lightest load otherwise."""
 
-    def initialize_state(self, slack: int = 1, max_sessions: int = MAX_SESSIONS, **kwargs) -> None:
+    def initialize_state(self, slack: int = 0, max_sessions: int = MAX_SESSIONS, **kwargs) -> None:
         """``slack``: how many more requests a session's home may hold than the lightest-loaded replica."""
         self._slack = int(slack)
         self._max_sessions = int(max_sessions)
@@ -90,7 +94,11 @@ class SessionRouter(RequestRouter):
         session = _session(pending_request)
         replica_id = self._homes.get(session) if session else None
         home = next((r for r in candidates if r.replica_id == replica_id), None)
-        if home is not None and load[home.replica_id] <= min(load.values()) + self._slack:
+        if home is None:
+            return None
+        if _method(pending_request) == END_SESSION:
+            return home  # only the home holds what the session left (its cache): tell that one, however busy
+        if load[home.replica_id] <= min(load.values()) + self._slack:
             return home
         return None
 
@@ -101,7 +109,9 @@ class SessionRouter(RequestRouter):
         if request:
             self._running[request] = replica_id
         session = _session(pending_request)
-        if session:
+        if session and _method(pending_request) == END_SESSION:
+            self._homes.pop(session, None)
+        elif session:
             self._homes[session] = replica_id
             self._homes.move_to_end(session)
             while len(self._homes) > self._max_sessions:
@@ -129,3 +139,10 @@ def _request_id(pending_request: PendingRequest | None) -> str:
     if pending_request is None:
         return ""
     return getattr(pending_request.metadata, "internal_request_id", "") or ""
+
+
+def _method(pending_request: PendingRequest | None) -> str:
+    """The replica method a request calls."""
+    if pending_request is None:
+        return ""
+    return getattr(pending_request.metadata, "call_method", "") or ""
