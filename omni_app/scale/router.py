@@ -65,7 +65,7 @@ class SessionRouter(RequestRouter):
         if pending_request is not None:
             # When every replica refuses (all full), wait a little before asking again.
             pending_request.routing_context.should_backoff = True
-        request = _request_id(pending_request)
+        request = _meta(pending_request, "internal_request_id")
         self._choosing.pop(request, None)  # a retry: its earlier choice was not taken
         load = self._loads(candidate_replicas)
         # One replica per rank, lightest first (ties in random order): Ray sends to the first
@@ -91,12 +91,12 @@ class SessionRouter(RequestRouter):
 
     def _home(self, candidates: list[RunningReplica], pending_request: PendingRequest | None,
               load: dict[ReplicaID, int]) -> RunningReplica | None:
-        session = _session(pending_request)
+        session = _meta(pending_request, "session_id")
         replica_id = self._homes.get(session) if session else None
         home = next((r for r in candidates if r.replica_id == replica_id), None)
         if home is None:
             return None
-        if _method(pending_request) == END_SESSION:
+        if _meta(pending_request, "call_method") == END_SESSION:
             return home  # only the home holds what the session left (its cache): tell that one, however busy
         if load[home.replica_id] <= min(load.values()) + self._slack:
             return home
@@ -104,12 +104,12 @@ class SessionRouter(RequestRouter):
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result) -> None:
         self._state()
-        request = _request_id(pending_request)
+        request = _meta(pending_request, "internal_request_id")
         self._choosing.pop(request, None)
         if request:
             self._running[request] = replica_id
-        session = _session(pending_request)
-        if session and _method(pending_request) == END_SESSION:
+        session = _meta(pending_request, "session_id")
+        if session and _meta(pending_request, "call_method") == END_SESSION:
             self._homes.pop(session, None)
         elif session:
             self._homes[session] = replica_id
@@ -127,22 +127,8 @@ class SessionRouter(RequestRouter):
             del self._choosing[internal_request_id]
 
 
-def _session(pending_request: PendingRequest | None) -> str:
-    """The session a request belongs to (set with ``handle.options(session_id=...)``)."""
-    if pending_request is None:
-        return ""
-    return getattr(pending_request.metadata, "session_id", "") or ""
-
-
-def _request_id(pending_request: PendingRequest | None) -> str:
-    """Ray's id of one request (also across its routing retries)."""
-    if pending_request is None:
-        return ""
-    return getattr(pending_request.metadata, "internal_request_id", "") or ""
-
-
-def _method(pending_request: PendingRequest | None) -> str:
-    """The replica method a request calls."""
-    if pending_request is None:
-        return ""
-    return getattr(pending_request.metadata, "call_method", "") or ""
+def _meta(pending_request: PendingRequest | None, field: str) -> str:
+    """A field of a request's metadata: ``session_id`` (set with ``handle.options(session_id=...)``),
+    ``internal_request_id`` (Ray's id of the request, the same across its routing retries) or
+    ``call_method`` (the replica method it calls); "" when there is none."""
+    return getattr(getattr(pending_request, "metadata", None), field, "") or ""
