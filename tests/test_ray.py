@@ -170,17 +170,20 @@ def test_a_disconnect_frees_its_replica(remote):
     events = ask(remote, "Talk for a long time", 1, session="leaver", limits=LONG, cancel=cancel,
                  on_event=lambda e: isinstance(e, AudioChunk) and cancel.cancel())
     assert events[-1].reason == "cancelled"
-    # Waiting: a second request of the session queues behind a long one on the same replica, and leaves.
-    running, hold = CancelToken(), threading.Event()
-    holder = threading.Thread(target=ask, args=(remote, "Hold the replica", 2, "leaver", LONG, "Chelsie", running,
-                                                lambda e: hold.set()))
-    holder.start()
-    assert hold.wait(120)
+    # Waiting: with both replicas busy, a second request of the session queues at its replica, and leaves.
+    running, speaking = [CancelToken(), CancelToken()], [threading.Event(), threading.Event()]
+    holders = [threading.Thread(target=ask, args=(remote, "Hold the replica", 2 + i, session, LONG, "Chelsie",
+                                                  running[i], lambda e, i=i: speaking[i].set()))
+               for i, session in enumerate(("leaver", "bystander"))]
+    for holder in holders:
+        holder.start()
+    assert all(event.wait(120) for event in speaking)
     queued = CancelToken()
     events = ask(remote, "Wait", 3, session="leaver", limits=LONG, cancel=queued, on_event=lambda e: queued.cancel())
     assert waited(events)[:1] == [1] and events[-1].reason == "cancelled"
-    running.cancel()
-    holder.join(60)
+    for token, holder in zip(running, holders, strict=True):
+        token.cancel()
+        holder.join(60)
     # The session's replica is free: neither reply is still running there, nor waiting to.
     after = ask(remote, "Anyone there?", 4, session="leaver")
     assert waited(after) == [] and after[-1].reason in ("finished", "length")
