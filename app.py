@@ -9,12 +9,12 @@ import signal
 import sys
 
 from omni_app.cli import add_backend_options, open_backend, quiet_libraries
-from omni_app.config import TABS, GenerationLimits, MediaLimits, check_tabs
+from omni_app.config import MAX_ACTIVE, TABS, GenerationLimits, MediaLimits, check_tabs
 from omni_app.errors import OmniError, RequestError
 from omni_app.vad import VadOptions
 
 #: Replies an app in front of a model server asks for at once (the server's --max-active, by default).
-REMOTE_CONCURRENCY = 32
+REMOTE_CONCURRENCY = MAX_ACTIVE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,8 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
     parser.add_argument("--concurrent-replies", type=int, help="replies this app asks for at once (default: 1 with "
-                        "the model in this process; 32 with --backend, whose server queues them and tells each its "
-                        "place: one app in front of several replicas uses them all)")
+                        f"the model in this process; {REMOTE_CONCURRENCY} with --backend, whose server queues them "
+                        "and tells each its place: one app in front of several replicas uses them all)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
     parser.add_argument("--tabs", default=",".join(TABS),
                         help="the tabs to show, comma-separated, among %(default)s (default: all)")

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ENGINES, GenerationLimits, MediaLimits, ServiceConfig
+from .config import ENGINES, MAX_ACTIVE, GenerationLimits, MediaLimits, ServiceConfig
 from .errors import OmniError
 from .scale.options import add_ray_options, check_ray_options
 from .space import commands as space_commands
@@ -90,8 +90,8 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
                         help="longest spoken reply a client may ask for (default: %(default)s)")
     parser.add_argument("--max-body-mb", type=float, help="largest request in MB (default: room for the longest "
                         "audio or video the media limits allow)")
-    parser.add_argument("--max-active", type=int, default=32, help="requests in progress at once (generating or "
-                        "waiting for the model); more get HTTP 429 (default: %(default)s)")
+    parser.add_argument("--max-active", type=int, default=MAX_ACTIVE, help="requests in progress at once (generating "
+                        "or waiting for the model); more get HTTP 429 (default: %(default)s)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
     add_ray_options(parser)
     relay = parser.add_argument_group("relay another server (instead of loading a model here)")

@@ -10,6 +10,8 @@ ENGINES = ("streaming", "reference")
 #: The web app's tabs, in the order they are shown: voice chat, video chat, image Q&A,
 #: voice-cloning TTS and "inside the model".
 TABS = ("voice", "video", "image", "tts", "inside")
+#: Requests a model server holds at once (generating or waiting for the model) unless told otherwise.
+MAX_ACTIVE = 32
 
 
 def check_tabs(tabs, field: str = "tabs") -> tuple[str, ...]:

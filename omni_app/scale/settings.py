@@ -52,7 +52,7 @@ ARGS = {
     "model": "auto", "device": "auto", "dtype": "auto", "engine": "streaming", "voices_dir": None, "warmup": True,
     "session_cache_mb": ServiceConfig.session_cache_mb,
     "max_new_tokens": GenerationLimits.max_new_tokens, "max_speech_seconds": GenerationLimits.max_speech_seconds,
-    "max_active": 32, "max_body_mb": None, "api_key": None,
+    "max_active": ServerSettings.max_active, "max_body_mb": None, "api_key": None,
     "replicas": 1, "min_replicas": None, "max_replicas": None, "target_ongoing": 2.0,
     "cpus_per_replica": 1.0, "gpus_per_replica": 0.0,
 }

@@ -13,7 +13,7 @@ from fastapi import Request
 
 from ..api import Backend, CancelToken
 from ..api import Request as OmniRequest
-from ..config import GenerationLimits, MediaLimits
+from ..config import MAX_ACTIVE, GenerationLimits, MediaLimits
 from ..errors import RequestError
 from .bridge import Pump
 from .responses import ApiError
@@ -43,7 +43,7 @@ class ServerSettings:
     #: Largest request body in bytes; ``None``: :func:`default_body_limit`.
     max_body_bytes: int | None = None
     #: Requests in progress at once (generating or waiting for the model); more get a 429.
-    max_active: int = 32
+    max_active: int = MAX_ACTIVE
 
     def __post_init__(self) -> None:
         if self.max_active < 1:
