@@ -10,6 +10,7 @@ and lists, never model objects. Importing this module imports neither torch nor 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -63,21 +64,29 @@ class CancelToken:
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
 
-    def on_cancel(self, action: Callable[[], None], name: str = "omni-cancel-watch") -> Callable[[], None]:
-        """Run ``action`` in a thread of its own the moment this token is set, even while the
-        caller is blocked reading (e.g. to cut a connection). Returns ``stop``: after it,
-        ``action`` no longer runs."""
-        done = threading.Event()
 
-        def watch() -> None:
-            while not done.is_set():
-                if self.wait(0.1):
-                    if not done.is_set():
-                        action()
-                    return
+@contextlib.contextmanager
+def watch_cancel(cancel: CancelToken | None, action: Callable[[], None], name: str = "omni-cancel-watch"):
+    """While inside the block, run ``action`` in a thread of its own the moment ``cancel`` is
+    set, even while the caller is blocked reading (e.g. to cut a connection); after the
+    block it no longer runs. Without a token there is nothing to watch."""
+    if cancel is None:
+        yield
+        return
+    done = threading.Event()
 
-        threading.Thread(target=watch, name=name, daemon=True).start()
-        return done.set
+    def watch() -> None:
+        while not done.is_set():
+            if cancel.wait(0.1):
+                if not done.is_set():
+                    action()
+                return
+
+    threading.Thread(target=watch, name=name, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from ..api import BackendInfo, CancelToken, Request
+from ..api import BackendInfo, CancelToken, Request, watch_cancel
 from ..errors import BackendUnavailable, OmniError, Unsupported
 from ..events import AudioChunk, Done, Event, Stats, TextDelta
 from ..voices import Voice
@@ -88,29 +88,27 @@ class ReplicaBackend:
         handle = self._streaming.options(session_id=request.session) if request.session else self._streaming
         started = time.perf_counter()
         replies = handle.stream.remote(request, None if voice is None else (request.voice, voice))
-        # Cancels the handle call the moment the token is set, even while a read waits for an event.
-        stop_watching = cancel.on_cancel(replies.cancel, "omni-replica-cancel") if cancel is not None else None
         texts, audio, ended = 0, 0.0, False
-        try:
-            for event in replies:
-                if isinstance(event, TextDelta):
-                    texts += 1
-                elif isinstance(event, AudioChunk):
-                    audio += event.seconds
-                yield event
-            ended = True
-        except Exception as exc:
-            ended = True
-            if cancel is not None and cancel.is_set():
-                # Cancelled by us: the replica stopped; the stream ends as a cancelled one does.
-                yield Done("cancelled", Stats(None, None, time.perf_counter() - started, texts, 0, audio))
-                return
-            raise replica_error(exc, audio) from None
-        finally:
-            if stop_watching is not None:
-                stop_watching()
-            if not ended:  # the caller closed the stream early: stop the replica's generation
-                replies.cancel()
+        # Cancels the handle call the moment the token is set, even while a read waits for an event.
+        with watch_cancel(cancel, replies.cancel, "omni-replica-cancel"):
+            try:
+                for event in replies:
+                    if isinstance(event, TextDelta):
+                        texts += 1
+                    elif isinstance(event, AudioChunk):
+                        audio += event.seconds
+                    yield event
+                ended = True
+            except Exception as exc:
+                ended = True
+                if cancel is not None and cancel.is_set():
+                    # Cancelled by us: the replica stopped; the stream ends as a cancelled one does.
+                    yield Done("cancelled", Stats(None, None, time.perf_counter() - started, texts, 0, audio))
+                    return
+                raise replica_error(exc, audio) from None
+            finally:
+                if not ended:  # the caller closed the stream early: stop the replica's generation
+                    replies.cancel()
 
     def create_voice(self, name: str, reference_16k, base: str, save: bool = False) -> str:
         try:

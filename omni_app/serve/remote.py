@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..api import BackendInfo, CancelToken, Request
+from ..api import BackendInfo, CancelToken, Request, watch_cancel
 from ..errors import BackendUnavailable, RequestError, Unsupported
 from ..events import AudioChunk, Done, Event, Stats, TextDelta
 from ..media import MODEL_SAMPLE_RATE
@@ -160,35 +160,30 @@ class RemoteBackend:
         reader = ChunkReader(self.dialect, self.url)
         first_text = first_audio = None
         samples, rate, texts = 0, 24000, 0
-        stop_watching = None  # set once the response exists
         try:
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise self._refused(response)
-                if cancel is not None:
-                    stop_watching = cancel.on_cancel(lambda: _cut(response), "omni-remote-cancel")
-                for data in sse_data(response.iter_lines()):
-                    for event in reader.feed(data):
-                        now = time.perf_counter() - started
-                        if isinstance(event, TextDelta):
-                            first_text = now if first_text is None else first_text
-                            texts += 1
-                        elif isinstance(event, AudioChunk):
-                            first_audio = now if first_audio is None else first_audio
-                            samples, rate = samples + len(event.samples), event.sample_rate
-                        yield event
-                    if cancel is not None and cancel.is_set():
-                        break
+                with watch_cancel(cancel, lambda: _cut(response), "omni-remote-cancel"):
+                    for data in sse_data(response.iter_lines()):
+                        for event in reader.feed(data):
+                            now = time.perf_counter() - started
+                            if isinstance(event, TextDelta):
+                                first_text = now if first_text is None else first_text
+                                texts += 1
+                            elif isinstance(event, AudioChunk):
+                                first_audio = now if first_audio is None else first_audio
+                                samples, rate = samples + len(event.samples), event.sample_rate
+                            yield event
+                        if cancel is not None and cancel.is_set():
+                            break
         except (httpx.HTTPError, httpx.StreamError) as exc:
             if cancel is None or not cancel.is_set():
                 if first_text is None and first_audio is None:
                     raise self._unreachable(exc) from exc
                 raise BackendUnavailable(f"The model server at {self.url} stopped answering in the middle of the "
                                          f"reply ({type(exc).__name__}: {exc}).") from exc
-        finally:
-            if stop_watching is not None:
-                stop_watching()
         cancelled = cancel is not None and cancel.is_set()
         if not cancelled and reader.finish_reason is None and not reader.stats:
             raise BackendUnavailable(f"The model server at {self.url} ended the reply before finishing it.")
@@ -225,10 +220,9 @@ class RemoteBackend:
         except ValueError:
             return None
 
-    def _send(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
+    def _send(self, method: str, path: str, body: dict | None = None, timeout=httpx.USE_CLIENT_DEFAULT) -> dict:
         try:
-            response = self._http.request(method, path, json=body,
-                                          **({"timeout": timeout} if timeout is not None else {}))
+            response = self._http.request(method, path, json=body, timeout=timeout)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code >= 400:
