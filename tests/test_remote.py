@@ -103,6 +103,32 @@ def test_cancel_stops_the_remote_reply(remote):
     assert events[-1].reason == "cancelled" and events[-1].stats.audio_seconds < 10
 
 
+def test_a_cancel_cuts_a_reply_whose_read_waits_for_the_model(remote):
+    long = GenerationLimits(max_new_tokens=512, max_speech_seconds=60)
+    holding, speaking = CancelToken(), threading.Event()
+
+    def hold() -> None:
+        for event in remote.stream(Request(Conversation().add_user("Hold the model"), limits=long, seed=1), holding):
+            if isinstance(event, AudioChunk):
+                speaking.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert speaking.wait(120)
+        waiting, events = CancelToken(), []
+        for event in remote.stream(Request(Conversation().add_user("Me next"), limits=long), waiting):
+            events.append(event)
+            if isinstance(event, Notice) and event.queue_position:
+                # Stop pressed while the read is blocked: nothing more comes until the model is free.
+                threading.Timer(0.5, waiting.cancel).start()
+        assert events[-1].reason == "cancelled" and holder.is_alive()
+        assert not [e for e in events if isinstance(e, (TextDelta, AudioChunk))]
+    finally:
+        holding.cancel()
+        holder.join(60)
+
+
 def test_notices_come_through(remote):
     conversation = Conversation(system_prompt="You are a pirate.").add_user("Ahoy")
     events = list(remote.stream(Request(conversation, voice="Chelsie", limits=GenerationLimits(4, 0.5))))
