@@ -45,6 +45,11 @@ def endpoint(_isolated_cache):
     from omni_app.scale.settings import APP_NAME, parse_args
 
     ensure_tiny_checkpoint()  # built here once; the replicas inherit OMNI_APP_CACHE and load it
+    # As on a loaded machine: Ray's router gives a replica 2 ms, not 100, to answer a probe of
+    # its queue length (more on each retry), so idle replicas often miss it. The processes
+    # Ray starts inherit the setting.
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "0.002")
     # Short: Ray's socket paths live under it and must fit in 107 bytes.
     temp = tempfile.mkdtemp(prefix="omni-ray-", dir="/tmp")
     # Servers other tests started earlier in this run are not Ray's: they must keep running.
@@ -64,6 +69,7 @@ def endpoint(_isolated_cache):
             serve.shutdown()
         finally:
             ray.shutdown()
+            monkeypatch.undo()
             ours += [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
             _, left = psutil.wait_procs(ours, timeout=30)
             left = [p for p in left if _running(p)]  # an exited one nobody reaped yet is no longer running

@@ -47,11 +47,16 @@ def pending(n: int, session: str = "") -> PendingRequest:
         request_id=f"r{n}", internal_request_id=f"internal-{n}", session_id=session))
 
 
-def choose(router, replicas, request) -> ReplicaID:
-    """The replica Ray tries first for ``request`` (its first rank; one replica per rank)."""
+def offered(router, replicas, request) -> list[ReplicaID]:
+    """The replicas Ray may try for ``request``, in the order it tries them (one per rank)."""
     ranks = asyncio.get_event_loop().run_until_complete(router.choose_replicas(replicas, request))
-    assert [len(rank) for rank in ranks] == [1] * len(replicas)
-    return ranks[0][0].replica_id
+    assert ranks and all(len(rank) == 1 for rank in ranks)
+    return [rank[0].replica_id for rank in ranks]
+
+
+def choose(router, replicas, request) -> ReplicaID:
+    """The replica Ray tries first for ``request``."""
+    return offered(router, replicas, request)[0]
 
 
 def test_requests_routed_together_go_to_different_idle_replicas():
@@ -130,3 +135,25 @@ def test_the_end_of_a_session_reaches_its_home_however_busy():
     assert choose(router, replicas, end) == a
     router.on_request_routed(end, a, None)
     assert "talk" not in router._homes  # ended: nothing left to go home to
+
+
+def test_a_request_waits_for_the_replica_chosen_for_it_before_it_may_go_elsewhere():
+    # Ray sends to the first offered replica that answers its probe in time; an idle replica
+    # slow to answer (a loaded machine) must not send the request to a busy one at once.
+    router, replicas = make_router()
+    a, b = (r.replica_id for r in replicas)
+    router.on_request_routed(pending(1), a, None)  # a is generating
+    assert offered(router, replicas, pending(2)) == [b]
+    router.on_request_completed(b, "internal-2")  # its caller left
+    late = pending(3)
+    late.created_at -= router_module.PATIENCE_SECONDS + 1  # b has not answered for a while: hung
+    assert offered(router, replicas, late) == [b, a]
+
+
+def test_a_retry_keeps_its_choice_among_equally_free_replicas():
+    # Nor to the other idle replica, which a request arriving meanwhile was counted on.
+    for _ in range(10):
+        router, replicas = make_router()
+        request = pending(1)
+        (chosen,) = offered(router, replicas, request)
+        assert all(offered(router, replicas, request) == [chosen] for _ in range(5))

@@ -20,6 +20,16 @@ are not enough: requests that arrive together are routed concurrently, each befo
 counts the others, and they found two idle replicas equally free and could all land on
 one while the other stayed idle, each then waiting a whole reply.
 
+Ray tries the offered replicas in order and sends the request to the first that answers its
+probe of the queue length in time (0.1 s at first; a replica it heard from lately is not
+probed). On a loaded machine an idle replica can miss that deadline, and Ray would go
+straight on to the next one offered: a busier replica, where the request waits a whole
+reply, or an equally idle one that a concurrent request was just counted on. So for its
+first ``PATIENCE_SECONDS`` a request is offered only the replica chosen (and counted) for
+it: Ray asks that one again, with a longer deadline, and the router keeps its choice while
+no other replica is lighter. After that every replica is offered, lightest first, so a hung
+replica delays a request by seconds, never for good.
+
 The homes and loads are kept in the router of each process that holds the model's handle:
 the endpoint runs one ingress replica, so there is one table.
 """
@@ -39,6 +49,8 @@ MAX_SESSIONS = 100_000
 CHOICE_SECONDS = 10.0
 #: The replica method that frees a session's state: it goes to the session's home whatever the loads.
 END_SESSION = "end_session"
+#: Seconds a request is offered only the replica chosen for it before every replica, lightest first.
+PATIENCE_SECONDS = 3.0
 
 
 class SessionRouter(RequestRouter):
@@ -63,18 +75,24 @@ class SessionRouter(RequestRouter):
         if not candidate_replicas:
             return []
         if pending_request is not None:
-            # When every replica refuses (all full), wait a little before asking again.
+            # When no replica offered took it (all full, or slow to answer), wait a little before asking again.
             pending_request.routing_context.should_backoff = True
         request = _meta(pending_request, "internal_request_id")
-        self._choosing.pop(request, None)  # a retry: its earlier choice was not taken
+        # A retry: its earlier choice was not taken (yet). Among equals it is chosen again, so
+        # that what concurrent requests were told about it stays true.
+        earlier, _ = self._choosing.pop(request, (None, 0.0))
         load = self._loads(candidate_replicas)
-        # One replica per rank, lightest first (ties in random order): Ray sends to the first
-        # that has room, so this choice, counted at once, is what a concurrent request sees.
-        ranked = sorted(random.sample(candidate_replicas, len(candidate_replicas)), key=lambda r: load[r.replica_id])
+        # Lightest first, ties in random order: this choice, counted at once, is what a
+        # concurrent request sees.
+        ranked = sorted(random.sample(candidate_replicas, len(candidate_replicas)),
+                        key=lambda r: (load[r.replica_id], r.replica_id != earlier))
         home = self._home(ranked, pending_request, load)
         if home is not None:
             ranked.remove(home)
             ranked.insert(0, home)
+        if pending_request is not None and time.time() - pending_request.created_at < PATIENCE_SECONDS:
+            # Only the chosen one: not another because the chosen one was slow to say it is free.
+            ranked = ranked[:1]
         if request:
             self._choosing[request] = (ranked[0].replica_id, time.monotonic())
         return [[replica] for replica in ranked]
