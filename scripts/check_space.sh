@@ -81,10 +81,12 @@ from gradio_client import Client
 client = Client(f"http://127.0.0.1:{sys.argv[1]}/", verbose=False, download_files=False)
 job = client.submit("Hello there", "Chelsie", True, api_name="/voice_chat_text")
 updates = list(job)
-text = job.outputs()[-1][0][-1]["content"][0]["text"]
-audio = [u[1] for u in updates if isinstance(u[1], dict) and u[1].get("url")]
-assert text.strip() and audio, (text, len(audio))
-print(f"check_space: answered {len(text)} characters of text and {len(audio)} speech updates; status: "
-      f"{job.outputs()[-1][2]}")
+final = job.outputs()[-1]
+text = final[0][-1]["content"][0]["text"]
+# Speech goes to the page's player chunk by chunk; when the reply ends, its WAV to replay.
+chunks = [u[1] for u in updates if isinstance(u[1], str) and '"seq"' in u[1]]
+assert text.strip() and chunks and final[3]["url"], (text, len(chunks), final[3])
+print(f"check_space: answered {len(text)} characters of text and {len(chunks)} speech chunks, then its WAV; "
+      f"status: {final[2]}")
 EOF
 echo "check_space: PASSED (log: $work/app.log)"
