@@ -32,9 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="pause that ends a spoken turn, in ms; users can change it in the chat tabs "
                              "(default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
-    parser.add_argument("--concurrent-replies", type=int, help="replies this app asks for at once (default: 1 with "
-                        f"the model in this process; {REMOTE_CONCURRENCY} with --backend, whose server queues them "
-                        "and tells each its place: one app in front of several replicas uses them all)")
+    parser.add_argument("--concurrent-replies", type=int, help="replies this app asks for at once (default: the "
+                        f"model's --max-batch with the model in this process; {REMOTE_CONCURRENCY} with --backend, "
+                        "whose server queues them and tells each its place: one app in front of several replicas "
+                        "uses them all)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
     parser.add_argument("--tabs", default=",".join(TABS),
                         help="the tabs to show, comma-separated, among %(default)s (default: all)")
@@ -59,9 +60,9 @@ def main(argv=None) -> int:
     from omni_app.ui.context import AppContext
 
     context = AppContext(backend, limits, MediaLimits(), vad)
-    # A model in this process generates one reply at a time; a model server queues replies
+    # A model in this process makes a batch of replies at once; a model server queues replies
     # itself and tells each its place, so an app in front of it asks for many at once.
-    concurrency = args.concurrent_replies or (REMOTE_CONCURRENCY if args.backend else 1)
+    concurrency = args.concurrent_replies or (REMOTE_CONCURRENCY if args.backend else backend.info.max_batch or 1)
     demo = build_app(context, tabs=tabs, concurrency=concurrency)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     # A plain `kill` ends the app through the `finally` below, which removes its speech files.

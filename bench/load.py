@@ -4,6 +4,7 @@
     python bench/load.py --quick --start ray --replicas 2   # ... or Ray Serve with 2 replicas
     python bench/load.py --url http://gpu-box:8000 --api-key KEY          # any running endpoint
     python bench/load.py --url http://gpu-box:8091 --dialect vllm-omni    # vLLM-Omni
+    python bench/load.py --compare-batch [--quick]          # serve --max-batch 1, then 8, side by side
 
 Each simulated user is a RemoteBackend (its own connection, as an app in front would
 have): it asks a spoken question (espeak-ng) and reads the streamed text and speech as
@@ -16,6 +17,11 @@ alone; then for each K, K users ask at the same time. One line per K:
   same request and seed gave alone
 
 then ``users=K replicas=R ttfa_p95=... underrun_p95=... errors=E cross_talk=C`` for the largest K.
+
+With ``--compare-batch`` it starts ``serve`` twice in one run, one reply at a time
+(``--max-batch 1``) and eight at once (``--max-batch 8``), asks both the same questions,
+prints both rows for each K and ends with
+``users=8 batch=8 replies_per_min=A (serial: B) ttfa_p95=X (serial: Y) underrun_p95=U errors=E cross_talk=C``.
 """
 
 from __future__ import annotations
@@ -119,7 +125,8 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def start_endpoint(kind: str, replicas: int, model: str, limits: GenerationLimits, log: Path):
+def start_endpoint(kind: str, replicas: int, model: str, limits: GenerationLimits, log: Path,
+                   extra: tuple[str, ...] = ()):
     """``python -m omni_app serve`` (with ``--ray --replicas R`` for ray) on a free port; (url, process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,6 +135,7 @@ def start_endpoint(kind: str, replicas: int, model: str, limits: GenerationLimit
                "--max-new-tokens", str(limits.max_new_tokens), "--max-speech-seconds", str(limits.max_speech_seconds)]
     if kind == "ray":
         command += ["--ray", "--replicas", str(replicas)]
+    command += list(extra)
     env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -157,12 +165,78 @@ def replicas_of(url: str, fallback) -> str:
     return str(fallback)
 
 
+def measure_endpoint(url: str, dialect: str, api_key: str | None, requests: list[Request], counts: list[int],
+                     rounds: int, label: str = "") -> dict[int, dict]:
+    """Every request alone (and a warm-up), then K users at once for each K; prints one row per K."""
+    alone = {}
+    backend = RemoteBackend(url, dialect=dialect, api_key=api_key)
+    for index, request in enumerate(requests):
+        alone[index] = measure(backend, request)
+    rows = {}
+    for users in counts:
+        results, wall = run_users(url, dialect, api_key, requests, users, rounds)
+        done = [(i, r) for i, r in results if not isinstance(r, Exception)]
+        errors = [r for _, r in results if isinstance(r, Exception)]
+        cross = sum(r["reply"] != alone[i]["reply"] for i, r in done)
+        row = {"replies": len(done), "errors": len(errors), "cross": cross,
+               "ttfa": [r["ttfa"] for _, r in done], "under": [r["underrun"] for _, r in done],
+               "per_min": len(done) / wall * 60, "used": len({r["served_by"] for _, r in done if r["served_by"]}),
+               "alone_rtf": float(np.median([r["total"] / r["speech"] for r in alone.values() if r["speech"]]
+                                            or [float("nan")]))}
+        rows[users] = row
+        print(f"{label:>7}{users:5d} {row['replies']:7d} {row['errors']:6d} {row['cross']:5d} "
+              f"{percentile(row['ttfa'], 50):9.3f} {percentile(row['ttfa'], 95):9.3f} "
+              f"{percentile(row['under'], 50):9.3f} {percentile(row['under'], 95):9.3f} "
+              f"{row['per_min']:11.1f} {row['used'] or '-':>13}", flush=True)
+        for error in errors[:3]:
+            print(f"      error: {type(error).__name__}: {str(error)[:200]}", flush=True)
+    return rows
+
+
+HEADER = (f"{'users':>5} {'replies':>7} {'errors':>6} {'cross':>5} {'ttfa_p50':>9} {'ttfa_p95':>9} "
+          f"{'under_p50':>9} {'under_p95':>9} {'replies/min':>11} {'replicas_used':>13}")
+
+
+def stop_endpoint(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def compare_batch(args, limits: GenerationLimits, counts: list[int], requests: list[Request]) -> int:
+    """``serve`` with one reply at a time, then with eight at once: the same questions, side by side."""
+    results = {}
+    for batch in (1, 8):
+        log = Path(tempfile.mkdtemp(prefix="omni-load-")) / "endpoint.log"
+        print(f"starting serve --max-batch {batch} (log in {log}) ...", flush=True)
+        url, process = start_endpoint("local", 1, args.model, limits, log, ("--max-batch", str(batch)))
+        try:
+            if batch == 1:
+                print(f"{'batch':>7}{HEADER}", flush=True)
+            results[batch] = measure_endpoint(url, args.dialect, args.api_key, requests, counts, args.rounds,
+                                              label=f"{batch}  ")
+        finally:
+            stop_endpoint(process)
+    users = max(counts)
+    serial, batched = results[1][users], results[8][users]
+    print(f"alone: real-time factor {batched['alone_rtf']:.2f} (generation time / speech)", flush=True)
+    print(f"users={users} batch=8 replies_per_min={batched['per_min']:.1f} (serial: {serial['per_min']:.1f}) "
+          f"ttfa_p95={percentile(batched['ttfa'], 95):.3f} (serial: {percentile(serial['ttfa'], 95):.3f}) "
+          f"underrun_p95={percentile(batched['under'], 95):.3f} errors={batched['errors']} "
+          f"cross_talk={batched['cross']}", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", help="an endpoint that is running (ours, Ray Serve, vLLM-Omni)")
     where.add_argument("--start", choices=["local", "ray"], default="local",
                        help="start the endpoint here: python -m omni_app serve, or with --ray (default: local)")
+    where.add_argument("--compare-batch", action="store_true",
+                       help="start serve with --max-batch 1 and with --max-batch 8, one after the other")
     parser.add_argument("--replicas", type=int, default=2, help="with --start ray (default: %(default)s)")
     parser.add_argument("--model", default="tiny", help="with --start (default: tiny)")
     parser.add_argument("--dialect", default="auto", choices=["auto", "openai", "vllm-omni"])
@@ -177,6 +251,11 @@ def main() -> int:
         args.rounds, args.max_new_tokens, args.max_speech_seconds = 1, 24, 1.5
     counts = sorted({int(k) for k in args.users.split(",")})
     limits = GenerationLimits(max_new_tokens=args.max_new_tokens, max_speech_seconds=args.max_speech_seconds)
+    questions = spoken_questions(max(counts))
+    requests = [Request(Conversation().add_user(AudioPart(q)), voice="Chelsie", limits=limits, seed=index,
+                        session=f"load-user-{index}") for index, q in enumerate(questions)]
+    if args.compare_batch:
+        return compare_batch(args, limits, counts, requests)
 
     process = None
     if args.url:
@@ -188,44 +267,21 @@ def main() -> int:
         url, process = start_endpoint(args.start, args.replicas, args.model, limits, log)
         replicas = str(args.replicas if args.start == "ray" else 1)
     try:
-        questions = spoken_questions(max(counts))
-        requests = [Request(Conversation().add_user(AudioPart(q)), voice="Chelsie", limits=limits, seed=index,
-                            session=f"load-user-{index}") for index, q in enumerate(questions)]
-        # Alone first: what each request gives with nobody else on the endpoint (and a warm-up).
-        alone = {}
-        backend = RemoteBackend(url, dialect=args.dialect, api_key=args.api_key)
-        for index, request in enumerate(requests):
-            alone[index] = measure(backend, request)
-        rtf = np.median([r["total"] / r["speech"] for r in alone.values() if r["speech"]] or [float("nan")])
-        print(f"endpoint {url} ({backend.info.description}), replicas={replicas}; {args.rounds} round(s) per user, "
-              f"{limits.max_new_tokens} tokens and {limits.max_speech_seconds:g} s of speech at most per reply; "
-              f"alone: real-time factor {rtf:.2f} (generation time / speech)", flush=True)
-        print(f"{'users':>5} {'replies':>7} {'errors':>6} {'cross':>5} {'ttfa_p50':>9} {'ttfa_p95':>9} "
-              f"{'under_p50':>9} {'under_p95':>9} {'replies/min':>11} {'replicas_used':>13}", flush=True)
-        summary = ""
-        for users in counts:
-            results, wall = run_users(url, args.dialect, args.api_key, requests, users, args.rounds)
-            done = [(i, r) for i, r in results if not isinstance(r, Exception)]
-            errors = [r for _, r in results if isinstance(r, Exception)]
-            cross = sum(r["reply"] != alone[i]["reply"] for i, r in done)
-            ttfa = [r["ttfa"] for _, r in done]
-            under = [r["underrun"] for _, r in done]
-            used = len({r["served_by"] for _, r in done if r["served_by"]})
-            print(f"{users:5d} {len(done):7d} {len(errors):6d} {cross:5d} {percentile(ttfa, 50):9.3f} "
-                  f"{percentile(ttfa, 95):9.3f} {percentile(under, 50):9.3f} {percentile(under, 95):9.3f} "
-                  f"{len(done) / wall * 60:11.1f} {used or '-':>13}", flush=True)
-            for error in errors[:3]:
-                print(f"      error: {type(error).__name__}: {str(error)[:200]}", flush=True)
-            summary = (f"users={users} replicas={replicas} ttfa_p95={percentile(ttfa, 95):.3f} "
-                       f"underrun_p95={percentile(under, 95):.3f} errors={len(errors)} cross_talk={cross}")
-        print(summary, flush=True)
+        info = RemoteBackend(url, dialect=args.dialect, api_key=args.api_key).info
+        print(f"endpoint {url} ({info.description}), replicas={replicas}; {args.rounds} round(s) per user, "
+              f"{limits.max_new_tokens} tokens and {limits.max_speech_seconds:g} s of speech at most per reply",
+              flush=True)
+        print(HEADER, flush=True)
+        rows = measure_endpoint(url, args.dialect, args.api_key, requests, counts, args.rounds)
+        users = max(counts)
+        row = rows[users]
+        print(f"alone: real-time factor {row['alone_rtf']:.2f} (generation time / speech)", flush=True)
+        print(f"users={users} replicas={replicas} ttfa_p95={percentile(row['ttfa'], 95):.3f} "
+              f"underrun_p95={percentile(row['under'], 95):.3f} errors={row['errors']} cross_talk={row['cross']}",
+              flush=True)
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_endpoint(process)
     return 0
 
 

@@ -4,13 +4,15 @@
     python bench/streaming.py --quick    # under a minute on the tiny model
     python bench/streaming.py --real-size 7B   # random weights at the real size (GPU)
 
-The same requests go through both engines, alternating. It prints the medians and ends
-with three lines:
-  ttfa_ratio  = streaming time to first audio / reference total time (the reference's
-                first audio is its end)
-  total_ratio = streaming total time / reference total time
-  underrun_s  = seconds of silence a listener would hear playing the streamed chunks in
-                real time from the first one (worst request, median over runs)
+The same requests go through both engines, alternating. It prints the medians, the
+streaming engine's time per stage (Thinker, Talker, code2wav) and ends with these lines:
+  ttfa_ratio    = streaming time to first audio / reference total time (the reference's
+                  first audio is its end)
+  total_ratio   = streaming total time / reference total time
+  underrun_s    = seconds of silence a listener would hear playing the streamed chunks in
+                  real time from the first one (worst request, median over runs)
+  rtf_streaming = the streaming engine's real-time factor: generation time / seconds of
+                  speech (worst request, median over runs; below 1 is faster than real time)
 """
 
 from __future__ import annotations
@@ -136,8 +138,13 @@ def main() -> int:
         rtf = m["total"] / m["audio_s"] if m["audio_s"] else float("nan")
         print(f"{name:10} {engine:10} {m['ttft']:8.3f} {m['ttfa']:8.3f} {m['total']:8.3f} {m['audio_s']:8.2f} "
               f"{m['underrun']:9.3f} {rtf:6.2f}")
-    stages = results[("streaming", next(iter(todo)))][-1]["extra"]
-    print("streaming stages (last run): " + ", ".join(f"{k}={v:.3g}" for k, v in stages.items() if k != "seed"))
+    for name in todo:
+        runs_of = results[("streaming", name)]
+        split = {stage: statistics.median(r["extra"].get(f"{stage}_seconds", 0.0) for r in runs_of)
+                 for stage in ("thinker", "talker", "code2wav")}
+        spent = sum(split.values()) or 1.0
+        print(f"streaming stages, {name} (median s): " + ", ".join(
+            f"{stage} {seconds:.3f} ({100 * seconds / spent:.0f} %)" for stage, seconds in split.items()))
     ttfa = max(med[("streaming", r)]["ttfa"] / med[("reference", r)]["total"] for r in todo)
     total = max(med[("streaming", r)]["total"] / med[("reference", r)]["total"] for r in todo)
     worst = max(med[("streaming", r)]["underrun"] for r in todo)
@@ -146,6 +153,8 @@ def main() -> int:
     print(f"ttfa_ratio={ttfa:.3f}")
     print(f"total_ratio={total:.3f}")
     print(f"underrun_s={worst:.3f}")
+    rtf = max(med[("streaming", r)]["total"] / med[("streaming", r)]["audio_s"] for r in todo)
+    print(f"rtf_streaming={rtf:.3f}")
     return 0
 
 

@@ -109,6 +109,9 @@ class BackendInfo:
     can_create_voices: bool = True
     #: Whether a created voice can be saved to the backend's voices folder.
     can_save_voices: bool = False
+    #: Replies the backend makes at once (a model in this process batches them); 0: it does not
+    #: say (a server queues what it can't start and tells each request its place).
+    max_batch: int = 0
 
 
 @runtime_checkable

@@ -132,7 +132,9 @@ def open_backend(args, warmup: bool = False, announce: bool = True):
     from .engine.local import LocalBackend
 
     config = ServiceConfig(model=args.model, device=args.device, dtype=args.dtype, engine=args.engine,
-                           session_cache_mb=getattr(args, "session_cache_mb", ServiceConfig.session_cache_mb))
+                           session_cache_mb=getattr(args, "session_cache_mb", ServiceConfig.session_cache_mb),
+                           max_batch=getattr(args, "max_batch", ServiceConfig.max_batch),
+                           compile=getattr(args, "compile", False))
     if announce:
         print(f"omni_app: loading {config.model} ...", flush=True)
     backend = LocalBackend.from_config(config, args.voices_dir)
@@ -165,6 +167,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-cache-mb", type=int, default=ServiceConfig.session_cache_mb,
                         help="memory for the conversations' model caches, so that each turn runs only what is "
                              "new (default: %(default)s; 0: off)")
+    parser.add_argument("--max-batch", type=int, default=ServiceConfig.max_batch,
+                        help="replies the model makes at once, in one batch (default: %(default)s; fewer on a GPU "
+                             "whose memory can't hold them); more wait in line and are told their place")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the speech decoder (CUDA graphs on a GPU; slower on a CPU)")
 
 
 def main(argv: list[str] | None = None) -> int:

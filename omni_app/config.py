@@ -12,6 +12,8 @@ ENGINES = ("streaming", "reference")
 TABS = ("voice", "video", "image", "tts", "inside")
 #: Requests a model server holds at once (generating or waiting for the model) unless told otherwise.
 MAX_ACTIVE = 32
+#: The most replies one model may make at once (``--max-batch``).
+MAX_BATCH = 64
 
 
 def check_tabs(tabs, field: str = "tabs") -> tuple[str, ...]:
@@ -100,6 +102,16 @@ class ServiceConfig:
     session_cache_mb: int = 4096
     #: Tokens a prompt plus its reply may take; ``None``: the Thinker's ``max_position_embeddings``.
     context_tokens: int | None = None
+    #: Replies made at once (the streaming engine batches them); more wait in line and are told
+    #: their place. On a GPU, fewer when the memory left after loading can't hold them.
+    max_batch: int = 8
+    #: Prompt tokens run in one piece; longer prompts run in pieces between the batch's steps.
+    prefill_chunk: int = 512
+    #: A reply whose reader has not read for this long (a stalled client, a frozen tab) is cancelled.
+    stall_seconds: float = 30.0
+    #: ``torch.compile`` the speech decoder's DiT (GPU: CUDA graphs). Off by default: on a CPU
+    #: it compiled for about a minute and ran slower (README, "Batching").
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -112,3 +124,9 @@ class ServiceConfig:
             raise RequestError("session_cache_mb can't be negative")
         if self.context_tokens is not None and self.context_tokens < 64:
             raise RequestError("context_tokens must be at least 64")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise RequestError(f"max_batch must be between 1 and {MAX_BATCH}")
+        if self.prefill_chunk < 16:
+            raise RequestError("prefill_chunk must be at least 16 tokens")
+        if self.stall_seconds <= 0:
+            raise RequestError("stall_seconds must be positive")

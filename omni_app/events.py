@@ -105,6 +105,9 @@ class Stats:
     #: Which copy of the model generated the reply, where a deployment runs several
     #: (a Ray Serve replica: its id and host); empty for a single model.
     served_by: str = ""
+    #: The most replies the model made together in one step with this one, itself included
+    #: (1: made alone; 0: not known, e.g. a server that does not say).
+    batch_peak: int = 0
 
     @property
     def real_time_factor(self) -> float | None:

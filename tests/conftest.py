@@ -92,6 +92,8 @@ def any_service(request, service, reference_service):
 
 #: The key the served model requires in the tests (a missing or wrong one gets 401).
 SERVER_KEY = "test-key"
+#: Replies the served model makes at once in the tests.
+SERVER_BATCH = 2
 
 
 class LiveProcess:
@@ -169,10 +171,11 @@ def live_app(tmp_path_factory, _isolated_cache):
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory, _isolated_cache):
-    """``python -m omni_app serve`` with the tiny model and an API key, as a user starts it."""
+    """``python -m omni_app serve`` with the tiny model and an API key, as a user starts it (two replies at once)."""
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    live = launch(["-m", "omni_app", "serve", "--model", "tiny", "--port", str(port), "--api-key", SERVER_KEY],
+    live = launch(["-m", "omni_app", "serve", "--model", "tiny", "--port", str(port), "--api-key", SERVER_KEY,
+                   "--max-batch", str(SERVER_BATCH)],
                   f"http://127.0.0.1:{port}", log, "/health")
     yield live
     stop(live, "server.log")

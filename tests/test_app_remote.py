@@ -6,7 +6,7 @@ import threading
 
 import gradio as gr
 import pytest
-from conftest import SERVER_KEY, _free_port
+from conftest import SERVER_BATCH, SERVER_KEY, _free_port
 from gradio_client import Client
 
 from omni_app.api import CancelToken, Request
@@ -17,15 +17,18 @@ from omni_app.serve.remote import RemoteBackend
 
 
 def test_replies_of_one_app_wait_at_the_server_together_and_are_told_their_place(remote_app, live_server):
-    # The model is busy with a long reply; two people ask through the same app. Both requests
-    # reach the server at once (not one after the other through the app's own queue) and
-    # each is told its place there: one app in front of several replicas uses them all.
-    holding, hold = CancelToken(), threading.Event()
+    # The model's batch is full of long replies; two people ask through the same app. Both
+    # requests reach the server at once (not one after the other through the app's own queue)
+    # and each is told its place there: one app in front of several replicas uses them all.
+    holding = CancelToken()
     server = RemoteBackend(live_server.url, api_key=SERVER_KEY)
-    long = Request(Conversation().add_user("Hold the model"), limits=GenerationLimits(512, 60), seed=1)
-    holder = threading.Thread(target=lambda: [hold.set() for _ in server.stream(long, holding)])
-    holder.start()
-    assert hold.wait(120)
+    holders = []
+    for index in range(SERVER_BATCH):
+        long = Request(Conversation().add_user(f"Hold the model {index}"), limits=GenerationLimits(512, 60), seed=1)
+        hold = threading.Event()
+        holders.append(threading.Thread(target=lambda r=long, h=hold: [h.set() for _ in server.stream(r, holding)]))
+        holders[-1].start()
+        assert hold.wait(120)
     people = [Client(remote_app.url, verbose=False, download_files=False) for _ in range(2)]  # a session each
     statuses: list[list[str]] = [[], []]
     waiting = [threading.Event(), threading.Event()]
@@ -45,7 +48,8 @@ def test_replies_of_one_app_wait_at_the_server_together_and_are_told_their_place
             told.wait(120)
     finally:
         holding.cancel()
-        holder.join(60)
+        for holder in holders:
+            holder.join(60)
     for asker in askers:
         asker.join(120)
     places = [[s for s in shown if s.startswith("⏳")] for shown in statuses]

@@ -1,43 +1,49 @@
-"""Waiting for the model: first come, first served, and each waiter is told its place."""
+"""Waiting for the model: up to max_batch replies at once, the rest first come, first served, told their place."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
+
 from omni_app.api import CancelToken, Request
 from omni_app.config import GenerationLimits
 from omni_app.conversation import Conversation
-from omni_app.engine.fifo import FifoLock
+from omni_app.engine.service import ModelService
+from omni_app.engine.streaming import StreamingEngine
 from omni_app.events import Done, Notice, TextDelta
 
 SHORT = GenerationLimits(max_new_tokens=8, max_speech_seconds=0.5)
+LONG = GenerationLimits(max_new_tokens=4000)
 
 
-def test_the_lock_is_taken_in_arrival_order_and_knows_places():
-    lock = FifoLock()
-    first, second, third = lock.join(), lock.join(), lock.join()
-    assert not lock.wait(second, 0.01)  # the first in line goes first
-    assert lock.wait(first, 0.01) and lock.locked()
-    assert lock.ahead(second) == 1 and lock.ahead(third) == 2
-    lock.leave(second)  # cancelled while waiting
-    assert lock.ahead(third) == 1 and lock.waiting == 1
-    assert not lock.wait(third, 0.01)
-    lock.release()
-    assert lock.wait(third, 0.01)
-    lock.release()
-    assert not lock.locked() and lock.waiting == 0
+@pytest.fixture(scope="module")
+def serial(service):
+    """The same model, one reply at a time."""
+    return ModelService(service.loaded, StreamingEngine(), max_batch=1)
 
 
-def test_waiters_are_told_their_place_and_served_in_order(service):
+@pytest.fixture(scope="module")
+def pair(service):
+    """The same model, two replies at once."""
+    return ModelService(service.loaded, StreamingEngine(), max_batch=2)
+
+
+def hold(service, text="Hold the model"):
+    """A long text reply that holds a place until closed."""
+    running = service.stream(Request(Conversation().add_user(text), voice=None, limits=LONG, seed=1))
+    assert isinstance(next(running), TextDelta)
+    return running
+
+
+def test_waiters_are_told_their_place_and_served_in_order(serial):
     order, notices = [], {}
-    running = service.stream(Request(Conversation().add_user("Hold the model"), voice=None,
-                                     limits=GenerationLimits(max_new_tokens=4000), seed=1))
-    assert isinstance(next(running), TextDelta)  # the model is busy from here on
+    running = hold(serial)
     ready = [threading.Event() for _ in range(3)]
 
     def waiter(index):
         seen = []
-        for event in service.stream(Request(Conversation().add_user(f"Q{index}"), voice=None, limits=SHORT, seed=1)):
+        for event in serial.stream(Request(Conversation().add_user(f"Q{index}"), voice=None, limits=SHORT, seed=1)):
             if isinstance(event, Notice) and event.queue_position is not None:
                 seen.append(event.queue_position)
                 ready[index].set()
@@ -58,16 +64,28 @@ def test_waiters_are_told_their_place_and_served_in_order(service):
     assert notices[2] == sorted(notices[2], reverse=True) and notices[2][-1] == 1  # the place counts down
 
 
-def test_a_request_cancelled_while_waiting_leaves_the_queue(service):
-    running = service.stream(Request(Conversation().add_user("Hold"), voice=None,
-                                     limits=GenerationLimits(max_new_tokens=4000), seed=1))
-    next(running)
+def test_a_request_cancelled_while_waiting_leaves_the_queue(serial):
+    running = hold(serial)
     cancel = CancelToken()
-    waiting = service.stream(Request(Conversation().add_user("Wait"), voice=None, limits=SHORT), cancel)
-    assert isinstance(next(waiting), Notice) and service.waiting == 1
+    waiting = serial.stream(Request(Conversation().add_user("Wait"), voice=None, limits=SHORT), cancel)
+    assert isinstance(next(waiting), Notice) and serial.waiting == 1
     cancel.cancel()
     rest = list(waiting)
     assert isinstance(rest[-1], Done) and rest[-1].reason == "cancelled"
-    assert service.waiting == 0
+    assert serial.waiting == 0
     running.close()
-    assert not service.busy
+    assert not serial.busy
+
+
+def test_max_batch_replies_run_together_and_the_next_waits_its_turn(pair):
+    first, second = hold(pair, "One"), hold(pair, "Two")  # both got text: both are in the batch
+    assert pair.active == 2 and pair.waiting == 0
+    third = pair.stream(Request(Conversation().add_user("Three"), voice=None, limits=SHORT, seed=1))
+    notice = next(third)
+    assert isinstance(notice, Notice) and notice.queue_position == 1 and pair.waiting == 1
+    first.close()  # a place frees: the third is admitted and finishes
+    rest = list(third)
+    assert isinstance(rest[-1], Done) and rest[-1].reason in ("finished", "length")
+    assert rest[-1].stats.queue_time > 0
+    second.close()
+    assert not pair.busy and pair.active == 0

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SERVER_KEY
+from conftest import SERVER_BATCH, SERVER_KEY
 from gradio_client import Client
 
 from omni_app.api import CancelToken, Request
@@ -105,28 +105,32 @@ def test_cancel_stops_the_remote_reply(remote):
 
 def test_a_cancel_cuts_a_reply_whose_read_waits_for_the_model(remote):
     long = GenerationLimits(max_new_tokens=512, max_speech_seconds=60)
-    holding, speaking = CancelToken(), threading.Event()
+    holding = CancelToken()
 
-    def hold() -> None:
-        for event in remote.stream(Request(Conversation().add_user("Hold the model"), limits=long, seed=1), holding):
+    def hold(index: int, speaking: threading.Event) -> None:
+        request = Request(Conversation().add_user(f"Hold the model {index}"), limits=long, seed=1)
+        for event in remote.stream(request, holding):
             if isinstance(event, AudioChunk):
                 speaking.set()
 
-    holder = threading.Thread(target=hold)
-    holder.start()
+    speaking = [threading.Event() for _ in range(SERVER_BATCH)]  # the server's whole batch
+    holders = [threading.Thread(target=hold, args=(i, s)) for i, s in enumerate(speaking)]
+    for holder in holders:
+        holder.start()
     try:
-        assert speaking.wait(120)
+        assert all(s.wait(120) for s in speaking)
         waiting, events = CancelToken(), []
         for event in remote.stream(Request(Conversation().add_user("Me next"), limits=long), waiting):
             events.append(event)
             if isinstance(event, Notice) and event.queue_position:
                 # Stop pressed while the read is blocked: nothing more comes until the model is free.
                 threading.Timer(0.5, waiting.cancel).start()
-        assert events[-1].reason == "cancelled" and holder.is_alive()
+        assert events[-1].reason == "cancelled" and all(h.is_alive() for h in holders)
         assert not [e for e in events if isinstance(e, (TextDelta, AudioChunk))]
     finally:
         holding.cancel()
-        holder.join(60)
+        for holder in holders:
+            holder.join(60)
 
 
 def test_notices_come_through(remote):

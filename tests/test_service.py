@@ -131,45 +131,32 @@ def test_one_token_reply_with_speech_does_not_crash(any_service):
     assert not any(isinstance(e, AudioChunk) for e in events)
 
 
-class _RecordingEngine:
-    """Wraps the real engine and records how many runs are inside it at once."""
+def test_replies_beyond_the_batch_wait_and_each_equals_itself_alone(any_service):
+    limited = ModelService(any_service.loaded, any_service.engine, max_batch=2)
+    most, results, running = 0, {}, threading.Event()
+    running.set()
 
-    def __init__(self, inner):
-        self.inner = inner
-        self.name = inner.name
-        self.speaks_text = inner.speaks_text
-        self.inside = 0
-        self.most_inside = 0
-        self.guard = threading.Lock()
-
-    def run(self, loaded, prepared, job, emit, cancel):
-        with self.guard:
-            self.inside += 1
-            self.most_inside = max(self.most_inside, self.inside)
-        try:
-            time.sleep(0.3)  # widen the window in which a second run could slip in
-            return self.inner.run(loaded, prepared, job, emit, cancel)
-        finally:
-            with self.guard:
-                self.inside -= 1
-
-
-def test_generations_are_serialised(any_service):
-    engine = _RecordingEngine(any_service.engine)
-    recorded = ModelService(any_service.loaded, engine)
-    results = {}
+    def watch():
+        nonlocal most
+        while running.is_set():
+            most = max(most, limited.active)
+            time.sleep(0.002)
 
     def worker(name):
-        results[name] = run(recorded, Request(Conversation().add_user(name), limits=SHORT, seed=2))
+        results[name] = run(limited, Request(Conversation().add_user(name), limits=SHORT, seed=2))
 
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     threads = [threading.Thread(target=worker, args=(n,)) for n in ("one", "two", "three")]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    running.clear()
+    watcher.join()
     assert all(r[-1].reason in ("finished", "length") for r in results.values())
-    assert engine.most_inside == 1  # never two generations on the model at once
-    assert max(r[-1].stats.queue_time for r in results.values()) > 0.3  # someone waited for the model
+    assert most == limited.batch_limit  # 2 at once with the streaming engine, 1 with generate()
+    assert max(r[-1].stats.queue_time for r in results.values()) > 0.05  # someone waited for a place
     alone = run(any_service, Request(Conversation().add_user("one"), limits=SHORT, seed=2))
     assert np.array_equal(audio_of(alone), audio_of(results["one"]))
 
@@ -191,19 +178,33 @@ def test_bad_requests_raise_clear_errors(any_service):
 
 
 class _FailingEngine:
-    """Wraps the real engine and fails after its first event, like a crash mid-reply."""
+    """The real engine, but a reply's work fails after its first event, like a crash mid-reply."""
 
     name = "failing"
 
     def __init__(self, inner):
         self.inner = inner
+        self.speaks_text, self.reuses_cache, self.batches = inner.speaks_text, inner.reuses_cache, inner.batches
 
-    def run(self, loaded, prepared, request, emit, cancel):
+    @staticmethod
+    def _failing(emit):
         def emit_then_fail(event):
             emit(event)
             raise RuntimeError("device lost")
 
-        return self.inner.run(loaded, prepared, request, emit_then_fail, cancel)
+        return emit_then_fail
+
+    def run(self, loaded, prepared, job, emit, cancel):
+        return self.inner.run(loaded, prepared, job, self._failing(emit), cancel)
+
+    def setup(self, loaded, max_batch):
+        self.inner.setup(loaded, max_batch)
+
+    def start(self, loaded, prepared, job, emit):
+        return self.inner.start(loaded, prepared, job, self._failing(emit))
+
+    def iterate(self, loaded, replies):
+        self.inner.iterate(loaded, replies)
 
 
 def test_worker_errors_reach_the_consumer(any_service):

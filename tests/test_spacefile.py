@@ -64,7 +64,7 @@ def test_memory_follows_the_model_card():
     ("hardware: cpu\nmodel: 7B\n", "model: the 7B needs a GPU"),
     ("hardware: l4x1\nmodel: 7B\n", "hardware: the 7B needs at least 37 GB"),
     ("hardware: zero-gpu\nmodel: 7B\nlimits:\n  video_seconds: 60\n", "limits.video_seconds: the 7B needs about 72 GB"),
-    ("hardware: l4x1\nmodel: 3B\nlimits:\n  video_seconds: 10\n  concurrency: 2\n", "limits.concurrency:"),
+    ("hardware: l4x1\nmodel: 3B\nlimits:\n  video_seconds: 10\n  concurrency: 65\n", "limits.concurrency:"),
     ("hardware: cpu\nmodel: tiny\nlimits:\n  reply_tokens: -1\n", "limits.reply_tokens: must be a whole number"),
     ("hardware: cpu\nmodel: tiny\nlimits:\n  speech_seconds: lots\n", "limits.speech_seconds: must be a number"),
     ("hardware: cpu\nmodel: tiny\nlimits:\n  video: 10\n", "limits.video: unknown field"),

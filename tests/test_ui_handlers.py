@@ -372,12 +372,17 @@ def test_no_speaking_tab_streams_audio_through_gradio(app, context):
     assert players == {"voice-speech", "video-speech", "image-speech", "tts-speech"}
 
 
-def test_voice_cloning_shows_its_place_while_waiting_and_stop_ends_the_wait(app, service):
+def test_voice_cloning_shows_its_place_while_waiting_and_stop_ends_the_wait(service):
     from omni_app.api import Request
     from omni_app.conversation import Conversation
+    from omni_app.engine.service import ModelService
+    from omni_app.engine.streaming import StreamingEngine
     from omni_app.events import TextDelta
 
-    holding = service.stream(Request(Conversation().add_user("Hold the model"), voice=None,
+    serial = ModelService(service.loaded, StreamingEngine(), max_batch=1)  # one reply fills the model
+    context = AppContext(LocalBackend(serial), LIMITS, MediaLimits())
+    app = {f.name: f.fn for f in build_app(context).fns.values() if f.fn is not None}
+    holding = serial.stream(Request(Conversation().add_user("Hold the model"), voice=None,
                                      limits=GenerationLimits(max_new_tokens=4000), seed=1))
     assert isinstance(next(holding), TextDelta)  # the model is busy from here on
     try:
@@ -388,4 +393,5 @@ def test_voice_cloning_shows_its_place_while_waiting_and_stop_ends_the_wait(app,
         rest = list(reading)
     finally:
         holding.close()
+        context.speech.close()
     assert "stopped" in rest[-1][1] and rest[-1][2] is None  # ended without speech, nothing to replay

@@ -12,6 +12,10 @@ start from the same noise as the whole-utterance decode would. The vocoder gets 
 of already decoded mel before each chunk and holds back the last 20 frames of output until
 the next chunk, so every emitted sample had context on both sides; the concatenated audio
 is exactly as long as a whole-utterance decode.
+
+:class:`StreamingCode2Wav` only plans and stitches: a window's mel and waveform may be
+computed by the caller together with other replies' windows (the batched engine), or by
+:meth:`StreamingCode2Wav.decode` alone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..events import ChunkPlan
+from .dit import DitRunner, Window
 
 BLOCK_FRAMES = 24
 PAST_FRAMES = 2 * BLOCK_FRAMES
@@ -28,71 +33,30 @@ SAMPLES_PER_FRAME = 240
 
 
 class WindowDecoder:
-    """Decode codes to mel and mel to waveform with the model's own token2wav modules."""
+    """One voice's speech decoder: codes to mel (the DiT) and mel to waveform (the vocoder).
 
-    def __init__(self, token2wav, cond: torch.Tensor, ref_mel: torch.Tensor, num_steps: int = 10,
-                 guidance_scale: float = 0.5, sway_coefficient: float = -1.0) -> None:
-        self.dit = token2wav.code2wav_dit_model
+    ``runner`` is the DiT runner shared by every reply of a model (its tables are reused);
+    without one, a runner of its own is made.
+    """
+
+    def __init__(self, token2wav, cond: torch.Tensor, ref_mel: torch.Tensor, runner: DitRunner | None = None) -> None:
+        self.runner = runner or DitRunner(token2wav)
         self.vocoder = token2wav.code2wav_bigvgan_model
-        self.device = next(self.dit.parameters()).device
+        self.device = self.runner.device
         self.cond = cond.to(self.device).float()
-        self.ref_mel = ref_mel.to(self.device).float()
-        self.num_steps = num_steps
-        self.guidance_scale = guidance_scale
-        self.sway = sway_coefficient
-        self._reference: torch.Tensor | None = None
+        self.reference = self.runner.reference(ref_mel)
+
+    def window(self, codes: torch.Tensor, noise: torch.Tensor) -> Window:
+        """The DiT's work for codes ``(1, n)`` starting from ``noise`` ``(1, 2n, 80)``."""
+        return Window(codes.to(self.device), noise.to(self.device), self.cond, self.reference)
 
     @torch.no_grad()
     def mel(self, codes: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Mel ``(1, 80, 2n)`` for codes ``(1, n)``, starting the flow from ``noise`` ``(1, 2n, 80)``.
-
-        The computation of the DiT's ``sample()``, with two changes that keep the result
-        bit-identical: the starting noise is passed in (so that windows agree with each
-        other), and the speaker encoder's output for ``ref_mel``, which ``forward()`` would
-        recompute at each of the 36 ODE evaluations, is computed once per utterance.
-        """
-        from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import RungeKutta4ODESolver
-
-        frames = codes.shape[1] * self.dit.repeats
+        """Mel ``(1, 80, 2n)`` for codes ``(1, n)``: what the DiT's ``sample()`` gives starting from ``noise``."""
+        frames = codes.shape[1] * self.runner.dit.repeats
         if noise.shape[1] != frames:
             raise ValueError(f"noise covers {noise.shape[1]} frames, codes need {frames}")
-        cfg = self.guidance_scale >= 1e-5
-        dit = self.dit
-        speaker = self.cond.unsqueeze(1).repeat(1, frames, 1)
-        code_embed = dit.text_embed(codes, drop_code=False)
-        if cfg:
-            # Classifier-free guidance: a second row without codes, speaker and reference.
-            speaker = torch.cat([speaker, torch.zeros_like(speaker)], dim=0)
-            code_embed = torch.cat([code_embed, dit.text_embed(codes, drop_code=True)], dim=0)
-        reference = self._reference_embedding(cfg).unsqueeze(1).repeat(1, frames, 1)
-        rows = speaker.shape[0]
-        positions = torch.arange(frames, device=codes.device)[None, :].repeat(rows, 1)
-
-        def velocity(time_step, state):
-            hidden = torch.cat([state, state], dim=0) if cfg else state
-            time_embedding = dit.time_embed(time_step.repeat(rows) if time_step.ndim == 0 else time_step)
-            hidden = dit.input_embed.proj(torch.cat((hidden, reference, code_embed, speaker), dim=-1))
-            rotary = dit.rotary_embed(hidden, positions)
-            block_diff = dit._create_block_diff(hidden)
-            for block in dit.transformer_blocks:
-                hidden = block(hidden, time_embedding, position_embeddings=rotary, block_diff=block_diff)
-            out = dit.proj_out(dit.norm_out(hidden, time_embedding))
-            if not cfg:
-                return out
-            guided, null = torch.chunk(out, 2, dim=0)
-            return guided + (guided - null) * self.guidance_scale
-
-        times = torch.linspace(0, 1, self.num_steps, device=codes.device, dtype=speaker.dtype)
-        if self.sway is not None:
-            times += self.sway * (torch.cos(torch.pi / 2 * times) - 1 + times)
-        trajectory = RungeKutta4ODESolver(function=velocity, initial_value=noise).integrate(times)
-        return trajectory[-1].permute(0, 2, 1)
-
-    def _reference_embedding(self, cfg: bool) -> torch.Tensor:
-        if self._reference is None:
-            ref = torch.cat([self.ref_mel, torch.zeros_like(self.ref_mel)], dim=0) if cfg else self.ref_mel
-            self._reference = self.dit.input_embed.spk_encoder(ref)
-        return self._reference
+        return self.runner.mel([self.window(codes, noise)])[0]
 
     @torch.no_grad()
     def wave(self, mel: torch.Tensor) -> torch.Tensor:
@@ -151,18 +115,43 @@ class StreamingCode2Wav:
             return ChunkPlan(max(start - PAST_FRAMES, 0), self.frames, start, self.frames, last=True)
         return None
 
-    def decode(self, plan: ChunkPlan) -> torch.Tensor:
-        """Run one planned chunk; returns the float waveform that is now final (CPU, 1-D)."""
-        codes = torch.tensor([self.codes[plan.window_start // 2: plan.window_end // 2]], device=self.decoder.device)
-        noise = self.noise[:, plan.window_start:plan.window_end].to(self.decoder.device)
-        mel = self.decoder.mel(codes, noise)
+    def upcoming(self, codes: int, limit: int) -> int | None:
+        """The frames of the next window if ``codes`` more codes make it ready (at most ``limit`` codes in all)."""
+        if self.finished:
+            return None
+        start = self._next_start()
+        size = self.schedule[min(len(self.plans), len(self.schedule) - 1)] * BLOCK_FRAMES
+        end = start + size
+        if end + FUTURE_FRAMES <= min(self.frames + 2 * codes, 2 * limit):
+            return end + FUTURE_FRAMES - max(start - PAST_FRAMES, 0)
+        if len(self.codes) + codes >= limit:  # the last chunk, at the length limit
+            return 2 * limit - max(start - PAST_FRAMES, 0)
+        return None
+
+    def window(self, plan: ChunkPlan) -> Window:
+        """The DiT's work for ``plan``: its codes and its slice of the utterance's noise."""
+        codes = torch.tensor([self.codes[plan.window_start // 2: plan.window_end // 2]])
+        return self.decoder.window(codes, self.noise[:, plan.window_start:plan.window_end])
+
+    def vocoder_input(self, plan: ChunkPlan, mel: torch.Tensor) -> torch.Tensor:
+        """Keep ``plan``'s frames of the window's mel; returns the mel the vocoder needs now.
+
+        That is some already final mel before the chunk (context), then the chunk.
+        """
         kept = mel[:, :, plan.keep_start - plan.window_start: plan.keep_end - plan.window_start]
         self._mel = kept if self._mel is None else torch.cat([self._mel, kept], dim=2)
         self.plans.append(plan)
-        # Vocoder: some already final mel before the chunk, hold back the tail until the next one.
+        return self._mel[:, :, max(plan.keep_start - VOCODER_CONTEXT, 0):plan.keep_end]
+
+    def cut(self, plan: ChunkPlan, wave: torch.Tensor) -> torch.Tensor:
+        """The part of the vocoder's output for ``plan`` that is final now (CPU, 1-D)."""
         voc_start = max(plan.keep_start - VOCODER_CONTEXT, 0)
-        wave = self.decoder.wave(self._mel[:, :, voc_start:plan.keep_end])
         emit_end = plan.audio_end
         piece = wave[(self._emitted_frames - voc_start) * SAMPLES_PER_FRAME:(emit_end - voc_start) * SAMPLES_PER_FRAME]
         self._emitted_frames = emit_end
         return piece
+
+    def decode(self, plan: ChunkPlan) -> torch.Tensor:
+        """Run one planned chunk alone; returns the float waveform that is now final (CPU, 1-D)."""
+        mel = self.decoder.runner.mel([self.window(plan)])[0]
+        return self.cut(plan, self.decoder.wave(self.vocoder_input(plan, mel)))

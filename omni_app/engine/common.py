@@ -60,6 +60,8 @@ class EngineResult:
     codec_codes: int
     extra: dict[str, float] = field(default_factory=dict)
     trace: Trace = field(default_factory=Trace)
+    #: The most replies made together in one step with this one (itself included); 1: made alone.
+    batch_peak: int = 1
 
 
 class Engine(Protocol):
@@ -70,9 +72,27 @@ class Engine(Protocol):
     speaks_text: bool
     #: Whether it continues a conversation's KV cache across turns (:attr:`Job.slot`).
     reuses_cache: bool
+    #: Whether it makes many replies at once (then it is a :class:`BatchEngine`).
+    batches: bool
 
     def run(self, loaded, prepared: PreparedInputs | None, job: Job,
             emit: Callable[[Event], None], cancel: Cancel) -> EngineResult: ...
+
+
+class BatchEngine(Engine, Protocol):
+    """An engine that advances many replies at once, a step at a time (the scheduler drives it)."""
+
+    def setup(self, loaded, max_batch: int) -> None:
+        """Prepare for batches of up to ``max_batch`` replies (once per model)."""
+        ...
+
+    def start(self, loaded, prepared: PreparedInputs | None, job: Job, emit: Callable[[Event], None]):
+        """A new reply: an object with ``done``, ``error``, ``cancel()`` and ``result()``."""
+        ...
+
+    def iterate(self, loaded, replies: list) -> None:
+        """Advance each of ``replies`` by one step."""
+        ...
 
 
 def to_int16(wave: np.ndarray) -> np.ndarray:

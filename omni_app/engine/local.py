@@ -68,6 +68,7 @@ class LocalBackend:
             model=loaded.name, is_tiny=loaded.is_tiny, can_inspect=True,
             can_speak_text=self.service.engine.speaks_text, can_create_voices=True,
             can_save_voices=self.voices_dir is not None, engine=self.service.engine.name,
+            max_batch=self.service.batch_limit,
             description=f"{loaded.name} on {loaded.device} ({dtype}), {self.service.engine.name} engine",
         )
 

@@ -45,6 +45,8 @@ class ReferenceEngine:
     name = "reference"
     speaks_text = False
     reuses_cache = False
+    #: generate() makes one reply at a time.
+    batches = False
 
     def run(self, loaded: LoadedModel, prepared: PreparedInputs, job: Job,
             emit: Callable[[Event], None], cancel: Cancel) -> EngineResult:

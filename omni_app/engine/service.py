@@ -1,14 +1,16 @@
-"""The model service: one loaded model, one generation at a time, a typed event stream.
+"""The model service: one loaded model, many replies made together, a typed event stream each.
 
-``ModelService.stream(request, cancel)`` is a plain generator. The blocking model call
-runs in a worker thread (the only thread in the stream); events cross over on a queue,
-and an exception in the worker is re-raised in the consumer, so the caller sees it.
+``ModelService.stream(request, cancel)`` is a plain generator. It prepares the prompt in
+the caller's thread, then hands the request to the :class:`~.scheduler.Scheduler`, whose
+one thread owns the model and advances up to ``max_batch`` replies together; the events
+come back through the request's own bounded channel, and an exception in the model's
+work for it is re-raised here, so the caller sees it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import random
 import threading
 import time
@@ -26,14 +28,13 @@ from ..media_items import PromptMemo
 from ..prompt import PreparedInputs, build_inputs
 from ..voices import Voice
 from .budget import Dropped, fit_context
-from .common import Cancel, Engine, EngineResult, Job
-from .fifo import FifoLock
+from .common import Engine, EngineResult, Job
 from .loader import OUTPUT_SAMPLE_RATE, LoadedModel
+from .scheduler import Failed, Finished, Scheduler
 from .sessions import CacheSlot, SessionState, SessionStates
 
 log = logging.getLogger(__name__)
 
-_END = object()
 #: Longest exact-text request (roughly 5 minutes of speech).
 MAX_SPEAK_CHARS = 5000
 
@@ -43,10 +44,11 @@ MAX_CUSTOM_VOICES = 256
 
 
 class ModelService:
-    """A loaded model behind ``stream()``; generations are serialised by a lock."""
+    """A loaded model behind ``stream()``; up to ``max_batch`` replies are made at once, the rest wait their turn."""
 
     def __init__(self, loaded: LoadedModel, engine: Engine, session_cache_mb: int = ServiceConfig.session_cache_mb,
-                 context_tokens: int | None = None) -> None:
+                 context_tokens: int | None = None, max_batch: int = ServiceConfig.max_batch,
+                 stall_seconds: float = ServiceConfig.stall_seconds, channel_size: int | None = None) -> None:
         self.loaded = loaded
         self.engine = engine
         #: Per conversation: prompt memo and model caches (see :mod:`.sessions`).
@@ -54,8 +56,13 @@ class ModelService:
         self.reuse_cache = getattr(engine, "reuses_cache", False) and session_cache_mb > 0
         #: Tokens a prompt and its reply may take together.
         self.context_tokens = context_tokens or loaded.model.thinker.config.get_text_config().max_position_embeddings
-        #: One generation at a time, first come first served.
-        self._lock = FifoLock()
+        #: Replies made at once (an engine that does not batch makes one at a time).
+        self.max_batch = max_batch
+        self.stall_seconds = stall_seconds
+        #: Events that may wait for a slow reader before its reply is paused.
+        self.channel_size = channel_size or EVENT_QUEUE_SIZE
+        self._scheduler: Scheduler | None = None
+        self._scheduler_lock = threading.Lock()
         #: Voices listed by name: the stock ones and saved custom ones.
         self._voices = {name: Voice.from_speaker(name, entry) for name, entry in loaded.voices.items()}
         self._stock = list(loaded.voice_names)
@@ -100,7 +107,8 @@ class ModelService:
         from .loader import load_model
 
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)
-        return cls(loaded, make_engine(config), config.session_cache_mb, config.context_tokens)
+        return cls(loaded, make_engine(config), config.session_cache_mb, config.context_tokens,
+                   fit_batch(loaded, config.max_batch), config.stall_seconds)
 
     @property
     def voices(self) -> list[str]:
@@ -112,19 +120,38 @@ class ModelService:
         return list(self._stock)
 
     @property
+    def scheduler(self) -> Scheduler:
+        """The loop that owns the model (made on first use, so a service that is never asked costs nothing)."""
+        with self._scheduler_lock:
+            if self._scheduler is None or self._scheduler.pid != os.getpid():  # a forked worker starts afresh
+                self._scheduler = Scheduler(self.engine, self.loaded, self.max_batch, self.stall_seconds,
+                                            self.channel_size)
+            return self._scheduler
+
+    @property
+    def batch_limit(self) -> int:
+        """Replies made at once: ``max_batch`` with an engine that batches, else 1."""
+        return self.max_batch if self.engine.batches else 1
+
+    @property
     def waiting(self) -> int:
-        """Requests waiting for the model right now."""
-        return self._lock.waiting
+        """Requests waiting for a place in the batch right now."""
+        return self._scheduler.waiting if self._scheduler is not None else 0
 
     @property
     def busy(self) -> bool:
-        """Whether a generation (or other work on the model) holds it right now."""
-        return self._lock.locked()
+        """Whether the model is making a reply right now."""
+        return self._scheduler is not None and self._scheduler.active > 0
+
+    @property
+    def active(self) -> int:
+        """Replies being made right now."""
+        return self._scheduler.active if self._scheduler is not None else 0
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold the model: no generation runs meanwhile (for other work on its modules)."""
-        with self._lock:
+        """Hold the model: no step runs meanwhile (for other work on its modules)."""
+        with self.scheduler.model_lock:
             yield
 
     def warmup(self) -> None:
@@ -168,17 +195,7 @@ class ModelService:
             if state is not None and self.reuse_cache:
                 job = replace(job, slot=CacheSlot(self.sessions, request.session, state))
 
-        closed = threading.Event()
-        stop = Cancel(cancel, closed)
-        if not (yield from self._wait_for_turn(stop)):
-            yield Done("cancelled", _stats(started, None, None, EngineResult("cancelled", 0, 0), 0.0,
-                                           self.engine.name, job, time.perf_counter() - started))
-            return
-        queued = time.perf_counter() - started
-        # From here the lock belongs to the generation worker: it releases it when the
-        # engine returns, so a consumer that goes away never leaves the model locked, and a
-        # worker still finishing its step never overlaps the next request.
-        yield from self._run(job, prepared, stop, closed, started, queued)
+        yield from self._generate(job, prepared, cancel, started)
 
     def end_session(self, session: str) -> None:
         """Forget what is kept for a conversation (its caches are freed)."""
@@ -199,104 +216,84 @@ class ModelService:
         changed = fit.dropped != before and (fit.dropped.media or fit.dropped.turns)
         return fit.prepared, fit.notice() if changed else None
 
-    def _wait_for_turn(self, stop: Cancel) -> Iterator[Event]:
-        """Wait for the model in arrival order; tell the caller its place while it waits.
-
-        Returns (as the generator's value) whether the lock is now held: ``False`` when
-        the request was cancelled, or its stream closed, while it waited.
-        """
-        ticket = self._lock.join()
-        told = None
-        try:
-            while not self._lock.wait(ticket, QUEUE_POLL_SECONDS):
-                if stop.is_set():
-                    self._lock.leave(ticket)
-                    return False
-                ahead = self._lock.ahead(ticket)
-                if ahead != told:
-                    told = ahead
-                    yield Notice(f"Waiting for the model: {ahead} request{'s' if ahead != 1 else ''} ahead.",
-                                 level="info", queue_position=ahead)
-            return True
-        except GeneratorExit:
-            self._lock.leave(ticket)
-            raise
-
-    def _run(self, job: Job, prepared, stop: Cancel, closed: threading.Event, started: float,
-             queued: float) -> Iterator[Event]:
-        # Bounded: when the consumer is slow the engine waits; no event is ever dropped.
-        events: queue.Queue = queue.Queue(maxsize=EVENT_QUEUE_SIZE)
-        outcome: dict = {}
-
-        def put(item) -> None:
-            # Wait for room, but give up once the consumer is gone (it sets ``closed``).
-            while not closed.is_set():
-                try:
-                    events.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        def work() -> None:
-            try:
-                outcome["result"] = self.engine.run(self.loaded, prepared, job, put, stop)
-            except BaseException as exc:  # re-raised in the consumer below
-                outcome["error"] = exc
-                if closed.is_set():  # nobody is reading any more: the log is the only place left
-                    log.exception("the generation failed after its stream was closed")
-            finally:
-                self._lock.release()
-                put(_END)
-
-        worker = threading.Thread(target=work, name="omni-generate", daemon=True)
-        try:
-            worker.start()
-        except BaseException:
-            self._lock.release()
-            raise
+    def _generate(self, job: Job, prepared, cancel: CancelToken | None, started: float) -> Iterator[Event]:
+        """Hand the job to the scheduler and pass on its events; the last one is :class:`Done`."""
+        scheduler = self.scheduler
+        ticket = scheduler.submit(job, prepared, cancel)
         first_text = first_audio = None
         audio_samples = 0
-        cancelled = False
         try:
             while True:
-                try:
-                    event = events.get(timeout=0.5)
-                except queue.Empty:
-                    if not worker.is_alive() and events.empty():
-                        raise RuntimeError("the generation worker stopped without a result") from None
+                item = ticket.channel.get(QUEUE_POLL_SECONDS)
+                if item is None:
+                    if ticket.admitted is None and ticket.stop.is_set() and scheduler.withdraw(ticket):
+                        queued = time.perf_counter() - started
+                        yield Done("cancelled", _stats(started, None, None, EngineResult("cancelled", 0, 0), 0.0,
+                                                       self.engine.name, job, queued))
+                        return
                     continue
-                if event is _END:
-                    cancelled = stop.is_set()
-                    break
+                if isinstance(item, Failed):
+                    raise item.error
+                if isinstance(item, Finished):
+                    result = item.result
+                    cancelled = ticket.stop.is_set() or result.reason == "cancelled"
+                    queued = (ticket.admitted or time.perf_counter()) - started
+                    yield Done("cancelled" if cancelled else result.reason,
+                               _stats(started, first_text, first_audio, result, audio_samples / OUTPUT_SAMPLE_RATE,
+                                      self.engine.name, job, queued), result.trace)
+                    return
                 now = time.perf_counter() - started
-                if isinstance(event, TextDelta) and first_text is None:
+                if isinstance(item, TextDelta) and first_text is None:
                     first_text = now
-                if isinstance(event, AudioChunk):
+                if isinstance(item, AudioChunk):
                     first_audio = now if first_audio is None else first_audio
-                    audio_samples += len(event.samples)
-                yield event
+                    audio_samples += len(item.samples)
+                yield item
         finally:
-            # Reached on normal end, on an error, and when the consumer closes the stream:
-            # the engine sees ``closed`` within one step and the lock is released after it.
-            closed.set()
-            worker.join(timeout=WORKER_JOIN_SECONDS)
-            if worker.is_alive():
-                log.warning("the generation worker is still finishing a step after %s s; it frees the model "
-                            "when it returns", WORKER_JOIN_SECONDS)
-        if "error" in outcome:
-            raise outcome["error"]
-        result: EngineResult = outcome["result"]
-        reason = "cancelled" if cancelled else result.reason
-        yield Done(reason, _stats(started, first_text, first_audio, result, audio_samples / OUTPUT_SAMPLE_RATE,
-                                  self.engine.name, job, queued), result.trace)
+            # Reached on the end, on an error, and when the consumer closes the stream: a reply
+            # still in the batch leaves it within one step, a waiting one leaves the queue.
+            if not ticket.released.is_set():
+                scheduler.release(ticket)
 
 
-#: How often a waiting request checks for its turn, for a cancel and for its place.
+#: How often a waiting request checks for a cancel.
 QUEUE_POLL_SECONDS = 0.1
-#: Events waiting between the engine and a slow consumer (a few seconds of speech).
+#: Events waiting between the model and a slow consumer (a few seconds of speech).
 EVENT_QUEUE_SIZE = 256
-#: How long a closed stream waits for its worker to notice (one engine step, normally).
-WORKER_JOIN_SECONDS = 10.0
+
+
+def fit_batch(loaded: LoadedModel, requested: int) -> int:
+    """``requested``, or fewer where the GPU memory left after loading can't hold that many replies.
+
+    A reply holds the Thinker's and the Talker's KV caches; each is sized here for a long
+    conversation (:data:`TOKENS_PER_REPLY` tokens), with a quarter of the free memory kept
+    for activations and the speech decoder.
+    """
+    import torch
+
+    if loaded.device.type != "cuda":
+        return requested
+    free, _ = torch.cuda.mem_get_info(loaded.device)
+    per_reply = TOKENS_PER_REPLY * (kv_bytes_per_token(loaded.model.thinker.config.get_text_config(), loaded.dtype)
+                                    + kv_bytes_per_token(loaded.model.talker.config, loaded.dtype))
+    fits = max(1, int(free * 0.75 // per_reply))
+    if fits < requested:
+        log.warning("GPU memory left after loading holds %d replies of %d tokens; batching %d instead of %d",
+                    fits, TOKENS_PER_REPLY, fits, requested)
+    return min(requested, fits)
+
+
+#: Tokens of context a reply's caches are sized for when the batch is fitted to GPU memory.
+TOKENS_PER_REPLY = 8192
+
+
+def kv_bytes_per_token(config, dtype) -> int:
+    """Bytes of keys and values one token takes in a decoder's cache."""
+    import torch
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * width
 
 
 def make_engine(config: ServiceConfig) -> Engine:
@@ -307,7 +304,7 @@ def make_engine(config: ServiceConfig) -> Engine:
         return ReferenceEngine()
     from .streaming import StreamingEngine
 
-    return StreamingEngine(config.chunk_blocks)
+    return StreamingEngine(config.chunk_blocks, config.prefill_chunk, config.compile)
 
 
 def _stats(started, first_text, first_audio, result: EngineResult, audio_seconds: float, engine: str,
@@ -317,5 +314,5 @@ def _stats(started, first_text, first_audio, result: EngineResult, audio_seconds
     return Stats(
         time_to_first_text=first_text, time_to_first_audio=first_audio,
         total_time=time.perf_counter() - started, text_tokens=result.text_tokens, codec_codes=result.codec_codes,
-        audio_seconds=audio_seconds, engine=engine, queue_time=queued, extra=extra,
+        audio_seconds=audio_seconds, engine=engine, queue_time=queued, extra=extra, batch_peak=result.batch_peak,
     )

@@ -218,5 +218,5 @@ def after_turn(prepared: PreparedInputs, thinker, talker, before: CachedPrefix |
         talker_cache, talker_positions = crop_cache(talker.cache, prompt), talker.positions[:, :, :prompt]
     elif before is not None and before.talker_cache is not None:
         talker_cache, talker_positions = before.talker_cache, before.talker_positions
-    return CachedPrefix(ids, media, prepared.use_audio_in_video, thinker.positions[:, :, :length], thinker.cache,
+    return CachedPrefix(ids, media, prepared.use_audio_in_video, thinker.all_positions()[:, :, :length], thinker.cache,
                         thinker.rows()[:, :length], talker_cache, talker_positions)

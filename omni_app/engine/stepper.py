@@ -1,8 +1,10 @@
-"""Thinker and Talker, one step at a time, with all per-request state kept here.
+"""Thinker and Talker state for one reply, and their steps: alone, or many replies in one batch.
 
-Each stepper owns its KV cache and its positions; nothing is written on the shared
-modules (transformers keeps ``rope_deltas`` on them, which lets two interleaved requests
-disturb each other), so requests are independent.
+Each stepper owns its KV cache, positions and sampling state; nothing is written on the
+shared modules (transformers keeps ``rope_deltas`` on them, which lets two interleaved
+requests disturb each other), so replies are independent. :func:`thinker_steps` and
+:func:`talker_steps` advance many steppers by one token in one batched step (see
+:mod:`.rows`); a stepper's own ``step()`` is the same with one row.
 
 Which Thinker forward feeds which Talker step (verified against ``generate()``):
 forward #0 is the prefill and yields token g0; forward #k takes g(k-1) and yields gk. The
@@ -12,14 +14,20 @@ so it comes out of forward #(j+1). Talker code t needs reply(gt): t + 2 Thinker 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers import DynamicCache
 
 from .common import TALKER_STOP_CODES
+from .rows import decode, pad_to, padded
 
 #: What the Thinker's forward takes besides ids and positions: the encoders' inputs.
 ENCODER_INPUTS = ("input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
                   "pixel_values_videos", "video_grid_thw", "video_second_per_grid")
+#: Prompt tokens run in one piece; a longer prompt is run in pieces of this size, between the
+#: batch's decode steps, so that it never holds up the speech of replies already playing.
+PREFILL_CHUNK = 512
 
 
 def audio_lengths(inputs: dict) -> torch.Tensor | None:
@@ -47,18 +55,46 @@ def prompt_positions(thinker, rope_inputs: dict, use_audio_in_video: bool) -> to
     return torch.cat([torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1), rope], dim=0)
 
 
+def media_embeddings(thinker_model, input_ids: torch.Tensor, encoders: dict) -> torch.Tensor:
+    """The prompt's input embeddings with its media encoded in: what the Thinker's ``forward`` feeds its decoder.
+
+    The same steps as ``forward``, with the model's own encoders and placeholder masks.
+    """
+    embeds = thinker_model.get_input_embeddings()(input_ids)
+    if encoders.get("input_features") is not None:
+        audio = thinker_model.get_audio_features(encoders["input_features"], encoders.get("feature_attention_mask"),
+                                                 None, return_dict=True).last_hidden_state
+        _, _, mask = thinker_model.get_placeholder_mask(input_ids, inputs_embeds=embeds)
+        embeds = embeds.masked_scatter(mask, audio.to(embeds.device, embeds.dtype))
+    for kind, pixels, grid in (("image", "pixel_values", "image_grid_thw"),
+                               ("video", "pixel_values_videos", "video_grid_thw")):
+        if encoders.get(pixels) is None:
+            continue
+        encode = thinker_model.get_image_features if kind == "image" else thinker_model.get_video_features
+        features = torch.cat(encode(encoders[pixels], encoders.get(grid), return_dict=True).pooler_output, dim=0)
+        features = features.to(embeds.device, embeds.dtype)
+        masks = thinker_model.get_placeholder_mask(input_ids, inputs_embeds=embeds,
+                                                   **{f"{kind}_features": features})
+        embeds = embeds.masked_scatter(masks[0] if kind == "image" else masks[1], features)
+    return embeds
+
+
 class ThinkerStepper:
-    """Greedy (or teacher-forced) Thinker decoding with its KV cache, one token per call.
+    """Greedy (or teacher-forced) Thinker decoding with its KV cache, one token per step.
 
     ``inputs`` holds the prompt's ``input_ids`` and the encoder inputs of its media.
     Given a ``cache`` that already holds the prompt's first tokens (an earlier turn of the
     same conversation) and their Talker ``rows``, only the rest of the prompt is run, and
     ``inputs`` needs the encoder inputs of the media in that rest only; ``positions``
     (:func:`prompt_positions` of the whole prompt) then number it.
+
+    The prompt runs in pieces: :meth:`encode` (the media), then :meth:`prefill_chunk` until
+    it returns the first token. :meth:`prefill` does all of it at once.
     """
 
     def __init__(self, thinker, inputs: dict, use_audio_in_video: bool, forced: list[int] | None = None,
-                 positions: torch.Tensor | None = None, cache=None, rows: torch.Tensor | None = None) -> None:
+                 positions: torch.Tensor | None = None, cache=None, rows: torch.Tensor | None = None,
+                 chunk: int = PREFILL_CHUNK) -> None:
         self.thinker = thinker
         self.inputs = inputs
         self.use_audio_in_video = use_audio_in_video
@@ -67,6 +103,7 @@ class ThinkerStepper:
         self.cache = cache if cache is not None else DynamicCache(config=thinker.config.get_text_config())
         #: Prompt tokens already in the cache (their rows come with them).
         self.start = self.cache.get_seq_length()
+        self.chunk = chunk
         self._prefix_rows = rows
         self.tokens: list[int] = []
         #: Talker input rows: the prompt's after the prefill, then one per token fed back.
@@ -74,35 +111,77 @@ class ThinkerStepper:
         self.vectors: list[torch.Tensor] = []
         #: Positions of the prompt, then of every token fed back: ``(4, 1, n)``.
         self.positions = positions if positions is not None else prompt_positions(thinker, inputs, use_audio_in_video)
+        self._fed: list[torch.Tensor] = []  # positions of the tokens fed back, joined to ``positions`` on demand
+        self._embeds: torch.Tensor | None = None  # the rest of the prompt, media encoded in
+        self._done = 0  # prompt tokens of the rest already run
+        self._rows: list[torch.Tensor] = []
 
-    def prefill(self) -> int:
-        """Run the prompt (the part not in the cache, with its media's encoders); returns the first token."""
+    @property
+    def encoded(self) -> bool:
+        return self._embeds is not None
+
+    @property
+    def prefilled(self) -> bool:
+        return bool(self.tokens)
+
+    def encode(self) -> None:
+        """Run the media encoders of the part of the prompt not in the cache."""
         new = self.inputs["input_ids"][:, self.start:]
         encoders = {k: v for k, v in self.inputs.items() if k in ENCODER_INPUTS and v is not None}
-        hidden = self.thinker.model(input_ids=new, **encoders, position_ids=self.positions[:, :, self.start:],
-                                    past_key_values=self.cache, use_cache=True,
-                                    use_audio_in_video=self.use_audio_in_video).last_hidden_state
+        self._embeds = media_embeddings(self.thinker.model, new, encoders)
+
+    def prefill_chunk(self) -> int | None:
+        """Run the next piece of the prompt; after the last one, returns the first token (else ``None``)."""
+        if self._embeds is None:
+            self.encode()
+        begin, end = self._done, min(self._done + self.chunk, self._embeds.shape[1])
+        at = self.start + begin
+        hidden = self.thinker.model.language_model(
+            inputs_embeds=self._embeds[:, begin:end], position_ids=self.positions[:, :, at:self.start + end],
+            past_key_values=self.cache, use_cache=True).last_hidden_state
         # The Talker's prompt rows: embeddings (zeros at audio/image/video placeholders, as
         # generate() gives it) plus the last hidden state.
+        ids = self.inputs["input_ids"][:, at:self.start + end]
         cfg = self.thinker.config
-        embeds = self.thinker.get_input_embeddings()(new)
-        media = torch.isin(new, torch.tensor([cfg.audio_token_index, cfg.image_token_index, cfg.video_token_index],
-                                             device=new.device))
-        rows = embeds.masked_fill(media.unsqueeze(-1), 0) + hidden
+        media = torch.isin(ids, torch.tensor([cfg.audio_token_index, cfg.image_token_index, cfg.video_token_index],
+                                             device=ids.device))
+        self._rows.append(self.thinker.get_input_embeddings()(ids).masked_fill(media.unsqueeze(-1), 0) + hidden)
+        self._done = end
+        if end < self._embeds.shape[1]:
+            return None
+        rows = torch.cat(self._rows, dim=1)
         self.prompt_rows = rows if self._prefix_rows is None else torch.cat([self._prefix_rows, rows], dim=1)
-        self._prefix_rows = None
+        self._prefix_rows, self._rows, self._embeds = None, [], self._embeds[:, :0]
         return self._take(self.thinker.lm_head(hidden[:, -1:]))
+
+    def prefill(self) -> int:
+        """Run the whole prompt (the part not in the cache, with its media's encoders); returns the first token."""
+        while (token := self.prefill_chunk()) is None:
+            pass
+        return token
 
     def step(self) -> tuple[int, torch.Tensor]:
         """Feed the last token; returns the next token and the reply vector of the fed one."""
-        last = torch.tensor([[self.tokens[-1]]], device=self.inputs["input_ids"].device)
-        position = self.positions[:, :, -1:] + 1
-        self.positions = torch.cat([self.positions, position], dim=2)
-        hidden = self.thinker.model(input_ids=last, position_ids=position, past_key_values=self.cache,
-                                    use_cache=True).last_hidden_state
-        vector = self.thinker.get_input_embeddings()(last) + hidden
+        thinker_steps(self.thinker, [self], quantum=1)
+        return self.tokens[-1], self.vectors[-1]
+
+    def next_position(self) -> torch.Tensor:
+        """The ``(4, 1, 1)`` position of the token fed back next."""
+        last = self._fed[-1] if self._fed else self.positions[:, :, -1:]
+        return last + 1
+
+    def all_positions(self) -> torch.Tensor:
+        """Positions of the prompt and of every token fed back: ``(4, 1, n)``."""
+        if self._fed:
+            self.positions = torch.cat([self.positions, *self._fed], dim=2)
+            self._fed = []
+        return self.positions
+
+    def accept(self, position: torch.Tensor, vector: torch.Tensor, logits: torch.Tensor) -> int:
+        """Record a decode step: the fed token's position and reply vector, and the next token."""
+        self._fed.append(position)
         self.vectors.append(vector)
-        return self._take(self.thinker.lm_head(hidden)), vector
+        return self._take(logits)
 
     def rows(self) -> torch.Tensor:
         """Talker rows of every token in the cache: the prompt's, then each fed reply token's."""
@@ -117,26 +196,33 @@ class ThinkerStepper:
         return token
 
 
+def thinker_steps(thinker, steppers: list[ThinkerStepper], quantum: int) -> None:
+    """Feed each stepper's last token and take its next one, all in one batched step."""
+    rows = padded(len(steppers), quantum)
+    device = next(thinker.parameters()).device
+    ids = pad_to(torch.tensor([[s.tokens[-1]] for s in steppers], device=device), rows)
+    positions = [s.next_position() for s in steppers]
+    embeds = thinker.get_input_embeddings()(ids)
+    hidden = decode(thinker.model.language_model, embeds, pad_to(torch.cat(positions, dim=1), rows, dim=1)[1:],
+                    [s.cache for s in steppers])
+    vectors = embeds + hidden
+    logits = thinker.lm_head(hidden)
+    for row, stepper in enumerate(steppers):
+        stepper.accept(positions[row], vectors[row:row + 1], logits[row:row + 1])
+
+
 class TalkerStepper:
-    """The Talker's mask path (codec pad/bos rows, 3-D positions), one codec code per call.
+    """The Talker's mask path (codec pad/bos rows, 3-D positions), one codec code per step.
 
     ``inputs`` are the prompt's ids and media sizes (no pixels: the Talker sees none). A
     ``cache`` holding the Talker's first prompt rows (causal attention leaves them as they
-    were in an earlier turn) is continued instead of running them again.
+    were in an earlier turn) is continued instead of running them again. ``max_codes``
+    bounds the codes (room for the repetition penalty's ids is made once).
     """
 
     def __init__(self, talker, embed_tokens, inputs: dict, use_audio_in_video: bool, voice_bos: int,
                  sampling: bool, generator: torch.Generator | None, decodable_codes: int, cache=None,
-                 cache_positions: torch.Tensor | None = None) -> None:
-        from transformers import (
-            LogitsProcessorList,
-            RepetitionPenaltyLogitsProcessor,
-            SuppressTokensLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
+                 cache_positions: torch.Tensor | None = None, max_codes: int = 30000) -> None:
         self.talker = talker
         self.embed_tokens = embed_tokens
         self.inputs = inputs
@@ -150,26 +236,27 @@ class TalkerStepper:
         #: The prefill's positions, ``(3, 1, P + 2)``.
         self.positions: torch.Tensor | None = None
         self.generator = generator
-        # Same settings and order as generate() builds for the Talker. One addition: ids the
-        # speech decoder has no embedding for (>= its num_embeds, except the stop codes)
-        # are suppressed; generate() would crash in token2wav on them. With a trained
-        # Talker they carry no probability, so this changes nothing in practice.
-        vocab = talker.config.vocab_size
-        suppressed = {talker.codec_bos_token} | {i for i in range(decodable_codes, vocab)
-                                                 if i not in TALKER_STOP_CODES}
-        processors = [RepetitionPenaltyLogitsProcessor(1.05),
-                      SuppressTokensLogitsProcessor(sorted(suppressed), device=self.device)]
-        if sampling:
-            processors += [TemperatureLogitsWarper(0.9), TopKLogitsWarper(40), TopPLogitsWarper(0.8)]
-        self.processors = LogitsProcessorList(processors)
+        self.processors = talker_processors(talker, decodable_codes, sampling, self.device)
         self.sampling = sampling
-        self.ids: torch.Tensor | None = None  # the Talker's id sequence, for the repetition penalty
+        prompt = inputs["input_ids"].shape[1] + 2
+        # The Talker's id sequence, for the repetition penalty: written in place, read as a view.
+        self._ids = torch.empty((1, prompt + max_codes + 1), dtype=torch.long, device=self.device)
+        self._length = 0
         self.codes: list[int] = []
         self._delta: torch.Tensor | None = None
+        self._text_rows: dict[int, torch.Tensor] = {}
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """The Talker's id sequence so far ``(1, n)``: the prompt's placeholders, then the codes."""
+        return self._ids[:, :self._length]
 
     def text_embedding(self, token_id: int) -> torch.Tensor:
-        """A Thinker embedding row (reply bos/eos/pad live in the Thinker's table)."""
-        return self.embed_tokens(torch.tensor([[token_id]], device=self.device))
+        """A Thinker embedding row (reply bos/eos/pad live in the Thinker's table); made once per id."""
+        row = self._text_rows.get(token_id)
+        if row is None:
+            row = self._text_rows[token_id] = self.embed_tokens(torch.tensor([[token_id]], device=self.device))
+        return row
 
     def prefill(self, prompt_rows: torch.Tensor, first_token: int, first_vector: torch.Tensor) -> int:
         """Prompt rows + voice bos + reply(g0); returns the first code."""
@@ -192,29 +279,124 @@ class TalkerStepper:
         # The mask path adds the codec pad/bos embeddings to the last two prefill rows.
         rows[:, -2] += codec(torch.tensor([self.talker.codec_pad_token], device=self.device))[0]
         rows[:, -1] += codec(torch.tensor([self.talker.codec_bos_token], device=self.device))[0]
-        self.ids = torch.cat([torch.full_like(ids, self.talker.codec_mask_token),
-                              torch.tensor([[self.talker.codec_pad_token, self.talker.codec_bos_token]],
-                                           device=self.device)], dim=1)
+        self._ids[:, :ids.shape[1]] = self.talker.codec_mask_token
+        self._ids[0, ids.shape[1]] = self.talker.codec_pad_token
+        self._ids[0, ids.shape[1] + 1] = self.talker.codec_bos_token
+        self._length = length
         out = self.talker(inputs_embeds=rows, position_ids=self.positions[:, :, self.start:],
                           past_key_values=self.cache, use_cache=True)
-        return self._take(out.logits)
+        return self.take(out.logits[:, -1, :])
 
     def step(self, reply_vector: torch.Tensor) -> int:
         """Previous code + the next reply vector (or text eos/pad) in; next code out."""
-        past = self.cache.get_seq_length()
-        positions = (torch.tensor([[past]], device=self.device) + self._delta).view(1, 1, 1).expand(3, 1, 1)
-        last = torch.tensor([[self.codes[-1]]], device=self.device)
-        out = self.talker(input_ids=last, thinker_reply_part=reply_vector, position_ids=positions,
-                          past_key_values=self.cache, use_cache=True)
-        return self._take(out.logits)
+        talker_steps(self.talker, [self], [reply_vector], quantum=1)
+        return self.codes[-1]
 
-    def _take(self, logits: torch.Tensor) -> int:
-        scores = self.processors(self.ids, logits[:, -1, :].float())
-        if self.sampling:
-            probs = torch.softmax(scores, dim=-1)
-            code = int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])
-        else:
-            code = int(scores[0].argmax())
-        self.ids = torch.cat([self.ids, torch.tensor([[code]], device=self.device)], dim=1)
+    def next_position(self) -> torch.Tensor:
+        """The ``(3, 1, 1)`` position of the next step: the cache's length plus the prompt's rope delta."""
+        past = self.cache.get_seq_length()
+        return (torch.tensor([[past]], device=self.device) + self._delta).view(1, 1, 1).expand(3, 1, 1)
+
+    def take(self, logits: torch.Tensor) -> int:
+        """Pick the next code from ``(1, vocab)`` logits (the repetition penalty sees every earlier id)."""
+        return _sample([self], logits)[0]
+
+    def _took(self, code: int) -> None:
+        self._ids[0, self._length] = code
+        self._length += 1
         self.codes.append(code)
-        return code
+
+
+def _sample(steppers: list[TalkerStepper], logits: torch.Tensor) -> list[int]:
+    """One code per stepper from its row of ``(rows, vocab)`` logits (rows past the steppers are padding).
+
+    Row-wise throughout, in one call per operation: the repetition penalty (each row's ids,
+    padded with its own first id, which changes nothing), the suppressions and warpers,
+    then ``torch.multinomial``'s own method for one sample, ``argmax(p / q)`` with ``q``
+    exponential, ``q`` drawn from each row's generator exactly as multinomial draws it.
+    """
+    first = steppers[0]
+    longest = max(s._length for s in steppers)
+    ids = torch.empty((len(steppers), longest), dtype=torch.long, device=first.device)
+    for row, stepper in enumerate(steppers):
+        ids[row, :stepper._length] = stepper.ids[0]
+        ids[row, stepper._length:] = stepper._ids[0, 0]
+    scores = first.processors(ids, logits.float())
+    if first.sampling:
+        probs = torch.softmax(scores, dim=-1)
+        noise = torch.empty_like(probs)
+        for row, stepper in enumerate(steppers):
+            noise[row].exponential_(1, generator=stepper.generator)
+        codes = torch.argmax(probs / noise, dim=-1).tolist()
+    else:
+        codes = scores.argmax(dim=-1).tolist()
+    for stepper, code in zip(steppers, codes, strict=True):
+        stepper._took(int(code))
+    return codes
+
+
+def talker_steps(talker, steppers: list[TalkerStepper], reply_vectors: list[torch.Tensor], quantum: int) -> None:
+    """One code for each stepper, all in one batched step; ``reply_vectors[i]`` is stepper i's Thinker input."""
+    rows = padded(len(steppers), quantum)
+    device = steppers[0].device
+    ids = pad_to(torch.tensor([[s.codes[-1]] for s in steppers], device=device), rows)
+    reply = pad_to(torch.cat([v[:, :1] for v in reply_vectors], dim=0), rows)
+    # As the Talker's forward: codec embedding plus the Thinker's part, projected to the Talker's width.
+    embeds = talker.thinker_to_talker_proj(talker.get_input_embeddings()(ids) + reply)
+    positions = pad_to(torch.cat([s.next_position() for s in steppers], dim=1), rows, dim=1)
+    hidden = decode(talker.model, embeds, positions, [s.cache for s in steppers])
+    logits = talker.codec_head(hidden)[:, -1, :].float()
+    for sampling in (True, False):  # sampled and greedy replies take different processors
+        rows = [row for row, s in enumerate(steppers) if s.sampling == sampling]
+        if rows:
+            _sample([steppers[row] for row in rows], logits[rows])
+
+
+class _Suppress:
+    """``SuppressTokensLogitsProcessor`` with its mask made once, not at every step (the same scores)."""
+
+    def __init__(self, tokens: list[int], vocab: int, device) -> None:
+        self.mask = torch.isin(torch.arange(vocab, device=device), torch.tensor(tokens, device=device))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, -float("inf"), scores)
+
+
+class _Processors(list):
+    """The processors applied in order (a plain loop: ``LogitsProcessorList`` inspects each one's signature
+    at every call, which cost more than the processing itself)."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+_PROCESSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def talker_processors(talker, decodable_codes: int, sampling: bool, device) -> _Processors:
+    """The Talker's logits processors, as generate() builds them (made once per model and device).
+
+    One addition: ids the speech decoder has no embedding for (>= its num_embeds, except
+    the stop codes) are suppressed; generate() would crash in token2wav on them. With a
+    trained Talker they carry no probability, so this changes nothing in practice.
+    """
+    from transformers import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    made = _PROCESSORS.setdefault(talker, {})
+    key = (decodable_codes, sampling, str(device))
+    if key not in made:
+        vocab = talker.config.vocab_size
+        suppressed = {talker.codec_bos_token} | {i for i in range(decodable_codes, vocab)
+                                                 if i not in TALKER_STOP_CODES}
+        processors = [RepetitionPenaltyLogitsProcessor(1.05), _Suppress(sorted(suppressed), vocab, device)]
+        if sampling:
+            processors += [TemperatureLogitsWarper(0.9), TopKLogitsWarper(40), TopPLogitsWarper(0.8)]
+        made[key] = _Processors(processors)
+    return made[key]

@@ -36,7 +36,7 @@ def app_args(args, resources: dict) -> dict:
     return {
         "model": args.model, "device": args.device, "dtype": args.dtype, "engine": args.engine,
         "voices_dir": str(args.voices_dir) if args.voices_dir else None, "warmup": not args.no_warmup,
-        "session_cache_mb": args.session_cache_mb,
+        "session_cache_mb": args.session_cache_mb, "max_batch": args.max_batch,
         "max_new_tokens": args.max_new_tokens, "max_speech_seconds": args.max_speech_seconds,
         "max_active": args.max_active, "max_body_mb": args.max_body_mb, "api_key": args.api_key or None,
         "replicas": args.replicas, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,

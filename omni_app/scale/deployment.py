@@ -8,9 +8,9 @@ Two deployments:
 - ``OmniIngress``: the OpenAI-compatible app of ``python -m omni_app serve``
   (:func:`omni_app.serve.server.make_app`) over a :class:`~.backend.ReplicaBackend`.
 
-Where requests wait: each replica generates one reply at a time and queues the others in
-arrival order, telling each its place (a ``notice`` chunk; the app's status line shows
-it). Ray only routes; a request it can't route waits in its router, silently. So the
+Where requests wait: each replica makes up to ``max_batch`` replies at once, in one batch,
+and queues the others in arrival order, telling each its place (a ``notice`` chunk; the
+app's status line shows it). Ray only routes; a request it can't route waits in its router, silently. So the
 model's ``max_ongoing_requests`` is the endpoint's ``max_active``: one replica could take
 every request the endpoint admits, Ray's router never holds one back while a replica is up,
 and the endpoint answers 429 beyond that. The router still spreads requests by queue length.
@@ -62,7 +62,8 @@ def application(replica: ReplicaConfig, settings: ServerSettings, scale: ScaleSe
     options: dict = {
         "max_ongoing_requests": settings.max_active,
         "ray_actor_options": {"num_cpus": scale.cpus_per_replica, "num_gpus": scale.gpus_per_replica},
-        "request_router_config": {"request_router_class": ROUTER, "request_router_kwargs": {"slack": 0}},
+        "request_router_config": {"request_router_class": ROUTER,
+                                  "request_router_kwargs": {"slack": 0, "batch": replica.max_batch}},
         "graceful_shutdown_timeout_s": DRAIN_SECONDS,
         # A model that failed to load (a wrong name, no room on the GPU) fails again: say so soon.
         "max_constructor_retry_count": 2,

@@ -14,8 +14,8 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--replicas", type=int, default=1, help="copies of the model (default: %(default)s)")
     ray.add_argument("--min-replicas", type=int, help="autoscale on ongoing requests from this many replicas ...")
     ray.add_argument("--max-replicas", type=int, help="... up to this many (give both)")
-    ray.add_argument("--target-ongoing", type=float, default=2.0, help="ongoing requests per replica the "
-                     "autoscaler aims for: one generating, the rest waiting (default: %(default)s)")
+    ray.add_argument("--target-ongoing", type=float, help="ongoing requests per replica the autoscaler aims for "
+                     "(default: --max-batch, a full batch)")
     ray.add_argument("--cpus-per-replica", type=float, help="CPUs each replica reserves (default: its share of "
                      "the CPUs per GPU with GPU replicas, else 1)")
     ray.add_argument("--gpus-per-replica", type=float, help="GPUs each replica reserves (default: 1 when the "

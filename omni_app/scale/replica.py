@@ -1,7 +1,8 @@
 """One copy of the model in one Ray Serve replica.
 
 :class:`ModelReplica` owns a :class:`~omni_app.engine.local.LocalBackend`: its own loaded
-model, its own first-come-first-served queue (whose waiters are told their place), its
+model, its own batch of replies and first-come-first-served queue beyond it (whose waiters are told
+their place), its
 own sessions. Its methods are what the endpoint calls through a deployment handle; every
 argument and every event crosses processes pickled, as plain data.
 
@@ -42,6 +43,8 @@ class ReplicaConfig:
     warmup: bool = True
     #: Memory for the conversations' caches in each replica (see ServiceConfig.session_cache_mb).
     session_cache_mb: int = ServiceConfig.session_cache_mb
+    #: Replies each replica makes at once, in one batch (see ServiceConfig.max_batch).
+    max_batch: int = ServiceConfig.max_batch
 
 
 class ModelReplica:
@@ -51,7 +54,8 @@ class ModelReplica:
         from ..engine.local import LocalBackend
 
         service_config = ServiceConfig(model=config.model, device=config.device, dtype=config.dtype,
-                                       engine=config.engine, session_cache_mb=config.session_cache_mb)
+                                       engine=config.engine, session_cache_mb=config.session_cache_mb,
+                                       max_batch=config.max_batch)
         voices_dir = Path(config.voices_dir) if config.voices_dir else None
         self.backend = LocalBackend.from_config(service_config, voices_dir)
         for problem in self.backend.load_voices():

@@ -1,14 +1,16 @@
 """Which replica answers: a conversation stays on the replica that served it, unless another is freer.
 
 A replica keeps per-session state (the conversation's cache, where the engine reuses it),
-so a session's next turn is cheapest where its last one ran. But each replica generates
-one reply at a time: sending a turn to a replica with a longer queue than another's makes
-that person wait a whole reply or more, which costs far more than recomputing a prompt.
+so a session's next turn is cheapest where its last one ran. Each replica makes a batch
+of ``batch`` replies at once and queues the rest: sending a turn to a replica whose batch
+is full while another's is not makes that person wait a whole reply or more, which costs
+far more than recomputing a prompt.
 
 :class:`SessionRouter` (Ray Serve's ``RequestRouter``, an alpha API) therefore sends a
-request with a session to the replica that served that session last while its load is at
-most ``slack`` requests more than the lightest one's (the deployment uses 0: while no
-other replica is freer); the end of a session always goes there, to free what it left.
+request with a session to the replica that served that session last while that replica
+has a free place in its batch, or its load is at most ``slack`` requests more than the
+lightest one's (the deployment uses 0: while no other replica is freer); the end of a
+session always goes there, to free what it left.
 Everything else goes to the replica with the lightest load, idle replicas taking turns at
 random. Ray's experimental consistent-hash router keeps sessions in place too, but ignores
 queues.
@@ -56,9 +58,11 @@ PATIENCE_SECONDS = 3.0
 class SessionRouter(RequestRouter):
     """Session affinity, bounded by load; the lightest load otherwise."""
 
-    def initialize_state(self, slack: int = 0, max_sessions: int = MAX_SESSIONS, **kwargs) -> None:
-        """``slack``: how many more requests a session's home may hold than the lightest-loaded replica."""
+    def initialize_state(self, slack: int = 0, max_sessions: int = MAX_SESSIONS, batch: int = 1, **kwargs) -> None:
+        """``slack``: how many more requests a session's home may hold than the lightest-loaded replica;
+        ``batch``: replies a replica makes at once (a home with a free place in its batch is never passed over)."""
         self._slack = int(slack)
+        self._batch = int(batch)
         self._max_sessions = int(max_sessions)
         self._homes: OrderedDict[str, ReplicaID] = OrderedDict()
         self._choosing: dict[str, tuple[ReplicaID, float]] = {}  # request -> (replica, when chosen)
@@ -116,7 +120,7 @@ class SessionRouter(RequestRouter):
             return None
         if _meta(pending_request, "call_method") == END_SESSION:
             return home  # only the home holds what the session left (its cache): tell that one, however busy
-        if load[home.replica_id] <= min(load.values()) + self._slack:
+        if load[home.replica_id] < self._batch or load[home.replica_id] <= min(load.values()) + self._slack:
             return home
         return None
 

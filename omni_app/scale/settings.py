@@ -26,8 +26,8 @@ class ScaleSettings:
     #: Autoscaling between these on ongoing requests per replica (both, or neither).
     min_replicas: int | None = None
     max_replicas: int | None = None
-    #: Ongoing requests per replica (one generating, the rest waiting) the autoscaler aims for.
-    target_ongoing: float = 2.0
+    #: Ongoing requests per replica the autoscaler aims for (by default a replica's full batch).
+    target_ongoing: float = float(ServiceConfig.max_batch)
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
 
@@ -50,10 +50,10 @@ class ScaleSettings:
 #: The builder's arguments and their defaults (``serve run ... key=value`` passes strings).
 ARGS = {
     "model": "auto", "device": "auto", "dtype": "auto", "engine": "streaming", "voices_dir": None, "warmup": True,
-    "session_cache_mb": ServiceConfig.session_cache_mb,
+    "session_cache_mb": ServiceConfig.session_cache_mb, "max_batch": ServiceConfig.max_batch,
     "max_new_tokens": GenerationLimits.max_new_tokens, "max_speech_seconds": GenerationLimits.max_speech_seconds,
     "max_active": ServerSettings.max_active, "max_body_mb": None, "api_key": None,
-    "replicas": 1, "min_replicas": None, "max_replicas": None, "target_ongoing": 2.0,
+    "replicas": 1, "min_replicas": None, "max_replicas": None, "target_ongoing": None,
     "cpus_per_replica": 1.0, "gpus_per_replica": 0.0,
 }
 
@@ -70,7 +70,8 @@ def parse_args(args: dict | None) -> tuple[ReplicaConfig, ServerSettings, ScaleS
     replica = ReplicaConfig(model=str(value["model"]), device=str(value["device"]), dtype=str(value["dtype"]),
                             engine=str(value["engine"]),
                             voices_dir=os.path.abspath(voices_dir) if voices_dir else None,
-                            warmup=number.flag("warmup"), session_cache_mb=number.whole("session_cache_mb"))
+                            warmup=number.flag("warmup"), session_cache_mb=number.whole("session_cache_mb"),
+                            max_batch=number.whole("max_batch"))
     max_body = number.real("max_body_mb")
     settings = ServerSettings(
         limits=GenerationLimits(max_new_tokens=number.whole("max_new_tokens"),
@@ -79,7 +80,9 @@ def parse_args(args: dict | None) -> tuple[ReplicaConfig, ServerSettings, ScaleS
         max_active=number.whole("max_active"), max_body_bytes=None if max_body is None else int(max_body * 1e6),
     )
     scale = ScaleSettings(replicas=number.whole("replicas"), min_replicas=number.whole("min_replicas"),
-                          max_replicas=number.whole("max_replicas"), target_ongoing=number.real("target_ongoing"),
+                          max_replicas=number.whole("max_replicas"),
+                          # A replica is full when its batch is: the autoscaler aims for that by default.
+                          target_ongoing=number.real("target_ongoing") or float(replica.max_batch),
                           cpus_per_replica=number.real("cpus_per_replica"),
                           gpus_per_replica=number.real("gpus_per_replica"))
     return replica, settings, scale

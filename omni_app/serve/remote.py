@@ -200,7 +200,7 @@ class RemoteBackend:
             text_tokens=int(server.get("text_tokens", reader.usage.get("completion_tokens", texts)) or 0),
             codec_codes=int(server.get("codec_codes") or 0), audio_seconds=samples / rate,
             engine=str(server.get("engine") or self._info.engine), queue_time=float(server.get("queue_time") or 0.0),
-            extra=extra, served_by=str(server.get("served_by") or ""),
+            extra=extra, served_by=str(server.get("served_by") or ""), batch_peak=int(server.get("batch_peak") or 0),
         )
         reason = "cancelled" if cancelled else "length" if reader.finish_reason == "length" else "finished"
         yield Done(reason, stats)

@@ -40,6 +40,7 @@ def stats_json(done: Done) -> dict:
         "time_to_first_text": s.time_to_first_text, "time_to_first_audio": s.time_to_first_audio,
         "total_time": s.total_time, "queue_time": s.queue_time, "audio_seconds": s.audio_seconds,
         "text_tokens": s.text_tokens, "codec_codes": s.codec_codes, "extra": extra, "served_by": s.served_by or None,
+        "batch_peak": s.batch_peak or None,
     }
 
 

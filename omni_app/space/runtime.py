@@ -22,7 +22,10 @@ def open_space_backend(spacefile: Spacefile):
     from ..engine.local import LocalBackend
 
     print(f"omni_app: loading {spacefile.checkpoint} on {spacefile.hardware} ...", flush=True)
-    config = ServiceConfig(model=spacefile.checkpoint, media=spacefile.media_limits())
+    # On a GPU of the Space's own, the replies generated at once are one batch of the model;
+    # on ZeroGPU each is a GPU call of its own (a worker makes one reply).
+    batch = 1 if spacefile.is_zero_gpu else spacefile.limits.concurrency
+    config = ServiceConfig(model=spacefile.checkpoint, media=spacefile.media_limits(), max_batch=batch)
     backend = LocalBackend.from_config(config, gpu=spacefile.gpu_budget())
     if backend.info.is_tiny:
         print("omni_app: the tiny test model is loaded: its replies are random noise.", flush=True)

@@ -84,7 +84,8 @@ class SpaceLimits:
     reply_tokens: int = 512
     #: Longest spoken reply in seconds.
     speech_seconds: float = 60.0
-    #: Replies generated at the same time (more than 1 only on zero-gpu: one GPU worker each).
+    #: Replies generated at the same time: on zero-gpu one GPU call each; on a GPU of the
+    #: Space's own (or the CPU), made together by the one model, in one batch.
     concurrency: int = 1
     #: Visitors who may wait in the queue; more are turned away until it shortens.
     queue_size: int = 20
@@ -161,9 +162,6 @@ class Spacefile:
         if memory == 0:
             raise SpacefileError(f"model: the {self.model} needs a GPU; on {self.hardware} only tiny runs (and its "
                                  "replies are noise). Choose zero-gpu, or a GPU such as l4x1 (3B) or a100-large (7B).")
-        if self.limits.concurrency > 1 and not self.is_zero_gpu:
-            raise SpacefileError(f"limits.concurrency: {self.hardware} holds one model that answers one reply at "
-                                 "a time; more than 1 only helps on zero-gpu, where each reply gets its own GPU.")
         needed = gpu_memory_needed(self.model, self.limits.video_seconds)
         if needed <= memory:
             return

@@ -11,8 +11,8 @@ from . import image_qa, inside_tab, video_chat, voice_chat, voice_clone
 from .context import AppContext
 from .mic import LiveMicrophone
 
-#: All model work shares one queue, ``AppContext.concurrency`` wide: one generation at a time on
-#: a model in this process (one GPU); in front of a server, as many as it queues itself.
+#: All model work shares one queue, ``concurrency`` wide: a model in this process makes a batch
+#: of replies at once; in front of a server, as many as it queues itself.
 GPU_QUEUE = "model"
 
 CSS = """
@@ -33,8 +33,8 @@ def banner_text(app: AppContext) -> str:
 def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1) -> gr.Blocks:
     """Compose the ``tabs`` (ids from :data:`~omni_app.config.TABS`; the first one named opens first).
 
-    ``concurrency`` replies are generated at once (one per GPU worker on ZeroGPU; one model
-    in this process serves one at a time). Launch with ``.queue().launch()`` (see app.py).
+    ``concurrency`` replies are generated at once (one per GPU worker on ZeroGPU; a model in
+    this process makes them in one batch). Launch with ``.queue().launch()`` (see app.py).
     """
     tabs = check_tabs(tabs)
     with gr.Blocks(title="omni_app · Qwen2.5-Omni") as demo:

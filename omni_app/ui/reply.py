@@ -88,6 +88,9 @@ def format_status(done: Done, waited: float = 0.0) -> str:
     if s.audio_seconds:
         parts.append(f"{s.audio_seconds:.1f} s of speech, real-time factor {s.real_time_factor:.2f}")
     parts.append(f"{s.text_tokens} tokens in {s.total_time - s.queue_time:.2f} s")
+    if s.batch_peak > 1:
+        others = s.batch_peak - 1
+        parts.append(f"made alongside up to {others} other repl{'ies' if others > 1 else 'y'}")
     return " · ".join(parts)
 
 
