@@ -59,8 +59,10 @@ def endpoint(_isolated_cache):
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+        # One reply at a time per replica, so that a replica is busy with one (these tests are
+        # about routing and waiting; a replica's batch is tested without Ray, test_batching.py).
         args = {"model": "tiny", "replicas": 2, "cpus_per_replica": 1, "max_new_tokens": 4000,
-                "max_speech_seconds": 60}
+                "max_speech_seconds": 60, "max_batch": 1}
         serve.run(application(*parse_args(args)), name=APP_NAME, route_prefix="/",
                   logging_config={"log_level": "WARNING"})
         yield f"http://127.0.0.1:{port}"

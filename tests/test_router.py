@@ -36,9 +36,9 @@ def loop():
     loop.close()
 
 
-def make_router(slack: int = 0) -> tuple[SessionRouter, list[Replica]]:
+def make_router(slack: int = 0, batch: int = 1) -> tuple[SessionRouter, list[Replica]]:
     router = SessionRouter(DEPLOYMENT, DeploymentHandleSource.UNKNOWN, use_replica_queue_len_cache=True)
-    router.initialize_state(slack=slack)
+    router.initialize_state(slack=slack, batch=batch)
     return router, [Replica(ReplicaID(unique_id=name, deployment_id=DEPLOYMENT)) for name in ("a", "b")]
 
 
@@ -157,3 +157,14 @@ def test_a_retry_keeps_its_choice_among_equally_free_replicas():
         request = pending(1)
         (chosen,) = offered(router, replicas, request)
         assert all(offered(router, replicas, request) == [chosen] for _ in range(5))
+
+
+def test_a_conversation_goes_home_while_its_batch_has_room():
+    router, replicas = make_router(batch=2)  # each replica makes two replies at once
+    a, b = (r.replica_id for r in replicas)
+    router.on_request_routed(pending(1, "talk"), a, None)
+    router.on_request_completed(a, "internal-1")
+    router.on_request_routed(pending(2), a, None)  # someone else's reply runs at home, b is idle
+    assert choose(router, replicas, pending(3, "talk")) == a  # a place is free in home's batch: no wait
+    router.on_request_routed(pending(3, "talk"), a, None)
+    assert choose(router, replicas, pending(4, "talk")) == b  # home's batch is full: the idle replica
