@@ -1,4 +1,5 @@
-"""CPU threads for the model: how many the model's loop uses, and how BLAS is told, before torch loads.
+"""CPU threads for the model: how many the model's loop uses (all cores but one), and how BLAS is
+told, before torch loads.
 
 The model runs in one thread of its own (the scheduler's loop), not the process's first
 thread. There, on x86 CPUs, MKL's OpenMP threading costs 50-100 us on every small matrix
@@ -27,8 +28,15 @@ def prepare() -> None:
     if "torch" in sys.modules or "MKL_NUM_THREADS" in os.environ or _THREADS in os.environ:
         return
     given = os.environ.get("OMP_NUM_THREADS", "")
-    cores = int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
-    os.environ[_THREADS] = str(cores)
+    if given.isdigit() and int(given) > 0:
+        threads = int(given)
+    else:
+        # One core is left to the rest of the process (HTTP, media decoding, the web app and
+        # its microphone) and to a browser on the same machine: on 2 cores the tiny model made
+        # speech as fast with one thread as with two, and a server under load answered 1.8x more
+        # replies a minute with one (README, "Many people at once").
+        threads = max(1, len(os.sched_getaffinity(0)) - 1)
+    os.environ[_THREADS] = str(threads)
     os.environ["MKL_NUM_THREADS"] = "1"
 
 
@@ -39,7 +47,7 @@ def model_threads() -> int | None:
 
 
 def use_model_threads() -> None:
-    """In the model's loop thread: compute with every core it may use."""
+    """In the model's loop thread: compute with the threads :func:`prepare` chose."""
     threads = model_threads()
     if threads is not None:
         import torch

@@ -344,6 +344,10 @@ class _ModelThread:
             busy = False
             for scheduler in list(self._schedulers):
                 busy = scheduler.turn() or busy
+            # Let the readers run: a step of the tiny model is mostly Python, and without this the
+            # threads that pass events on (to HTTP, to the page) got the interpreter only every few
+            # steps, so speech made early reached the page late.
+            time.sleep(0)
             if not busy:
                 with self._cond:
                     if not any(s.waiting or s.active for s in self._schedulers):
