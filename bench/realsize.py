@@ -113,7 +113,8 @@ def main() -> int:
     from omni_app.api import Request
     from omni_app.config import GenerationLimits, ServiceConfig
     from omni_app.conversation import Conversation
-    from omni_app.engine.service import ModelService, fit_batch
+    from omni_app.engine.memory import fit_batch
+    from omni_app.engine.service import ModelService
     from omni_app.engine.streaming import StreamingEngine
     from omni_app.events import AudioChunk
 

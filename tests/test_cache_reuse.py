@@ -11,8 +11,9 @@ from omni_app.config import GenerationLimits
 from omni_app.conversation import AudioPart, Conversation, ImagePart, VideoPart
 from omni_app.engine.common import to_device
 from omni_app.engine.local import LocalBackend
+from omni_app.engine.prompt_inputs import prompt_positions
 from omni_app.engine.service import ModelService
-from omni_app.engine.stepper import ThinkerStepper, prompt_positions
+from omni_app.engine.stepper import ThinkerStepper
 from omni_app.engine.streaming import StreamingEngine
 from omni_app.events import Done, TextDelta
 from omni_app.media import load_audio, load_image, load_video

@@ -37,7 +37,7 @@ def token_map(loaded: LoadedModel, prepared: PreparedInputs) -> TokenMap:
 
 def rope_positions(loaded: LoadedModel, prepared: PreparedInputs) -> tuple[np.ndarray, int]:
     """TMRoPE (temporal, height, width) ids per prompt token, and position ids per second."""
-    from .stepper import thinker_rope_index
+    from .prompt_inputs import thinker_rope_index
 
     thinker = loaded.model.thinker
     cpu = {k: (v.cpu() if hasattr(v, "cpu") else v) for k, v in prepared.tensors.items()}

@@ -23,8 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..events import Event, Notice
-from ..threads import use_model_threads
 from .common import Cancel, EngineResult, Job
+from .model_thread import model_thread
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Scheduler:
     # The loop ---------------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
-        _model_thread().serve(self)
+        model_thread().serve(self)
 
     def turn(self) -> bool:
         """One turn of the loop: admit, then one step of the batch (or a whole reply); ``False`` when idle."""
@@ -312,64 +312,3 @@ class _BlockingEmit:
                 ticket.stalled.set()
                 return
             ticket.channel.wait_for_room(0.1)
-
-
-class _ModelThread:
-    """The one thread of a process that runs models: it turns every scheduler's loop in turn.
-
-    One thread for all model work keeps one pool of compute threads (a second thread
-    computing with torch gets a pool of its own, and the two slow each other down), and
-    means two services of one process (a benchmark's two engines) never compute at once.
-    """
-
-    def __init__(self) -> None:
-        import weakref
-
-        self._schedulers: weakref.WeakSet = weakref.WeakSet()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def serve(self, scheduler: Scheduler) -> None:
-        """Make sure ``scheduler``'s work is turned (called when it gets a request)."""
-        with self._cond:
-            self._schedulers.add(scheduler)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="omni-model", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def _loop(self) -> None:
-        use_model_threads()
-        while True:
-            busy = False
-            for scheduler in list(self._schedulers):
-                busy = scheduler.turn() or busy
-            # Let the readers run: a step of the tiny model is mostly Python, and without this the
-            # threads that pass events on (to HTTP, to the page) got the interpreter only every few
-            # steps, so speech made early reached the page late.
-            time.sleep(0)
-            if not busy:
-                with self._cond:
-                    if not any(s.waiting or s.active for s in self._schedulers):
-                        self._cond.wait(1.0)
-
-
-_THREAD: _ModelThread | None = None
-_THREAD_LOCK = threading.Lock()
-
-
-def _forget_thread() -> None:
-    """In a forked child: the parent's model thread does not exist here (and its locks may be held)."""
-    global _THREAD, _THREAD_LOCK
-    _THREAD, _THREAD_LOCK = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_thread)
-
-
-def _model_thread() -> _ModelThread:
-    global _THREAD
-    with _THREAD_LOCK:
-        if _THREAD is None:
-            _THREAD = _ModelThread()
-        return _THREAD

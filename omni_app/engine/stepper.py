@@ -14,69 +14,16 @@ so it comes out of forward #(j+1). Talker code t needs reply(gt): t + 2 Thinker 
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from transformers import DynamicCache
 
-from .common import TALKER_STOP_CODES
+from .prompt_inputs import ENCODER_INPUTS, audio_lengths, media_embeddings, prompt_positions
 from .rows import decode, pad_to, padded
+from .sampling import sample, talker_processors
 
-#: What the Thinker's forward takes besides ids and positions: the encoders' inputs.
-ENCODER_INPUTS = ("input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
-                  "pixel_values_videos", "video_grid_thw", "video_second_per_grid")
 #: Prompt tokens run in one piece; a longer prompt is run in pieces of this size, between the
 #: batch's decode steps, so that it never holds up the speech of replies already playing.
 PREFILL_CHUNK = 512
-
-
-def audio_lengths(inputs: dict) -> torch.Tensor | None:
-    """Audio feature frames per clip: given as ``audio_lengths`` or counted from the feature mask."""
-    if inputs.get("audio_lengths") is not None:
-        return inputs["audio_lengths"]
-    mask = inputs.get("feature_attention_mask")
-    return mask.sum(-1) if mask is not None else None
-
-
-def thinker_rope_index(thinker, inputs: dict, use_audio_in_video: bool) -> torch.Tensor:
-    """TMRoPE position ids ``(3, 1, P)`` of a prompt, from the model's own ``get_rope_index``."""
-    ids = inputs["input_ids"]
-    rope, _ = thinker.get_rope_index(
-        ids, inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), torch.ones_like(ids), use_audio_in_video,
-        audio_lengths(inputs), inputs.get("video_second_per_grid"),
-    )
-    return rope
-
-
-def prompt_positions(thinker, rope_inputs: dict, use_audio_in_video: bool) -> torch.Tensor:
-    """The Thinker's ``(4, 1, P)`` prefill positions: a plain 1-D row (for the causal mask) over TMRoPE."""
-    ids = rope_inputs["input_ids"]
-    rope = thinker_rope_index(thinker, rope_inputs, use_audio_in_video).to(ids.device)
-    return torch.cat([torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1), rope], dim=0)
-
-
-def media_embeddings(thinker_model, input_ids: torch.Tensor, encoders: dict) -> torch.Tensor:
-    """The prompt's input embeddings with its media encoded in: what the Thinker's ``forward`` feeds its decoder.
-
-    The same steps as ``forward``, with the model's own encoders and placeholder masks.
-    """
-    embeds = thinker_model.get_input_embeddings()(input_ids)
-    if encoders.get("input_features") is not None:
-        audio = thinker_model.get_audio_features(encoders["input_features"], encoders.get("feature_attention_mask"),
-                                                 None, return_dict=True).last_hidden_state
-        _, _, mask = thinker_model.get_placeholder_mask(input_ids, inputs_embeds=embeds)
-        embeds = embeds.masked_scatter(mask, audio.to(embeds.device, embeds.dtype))
-    for kind, pixels, grid in (("image", "pixel_values", "image_grid_thw"),
-                               ("video", "pixel_values_videos", "video_grid_thw")):
-        if encoders.get(pixels) is None:
-            continue
-        encode = thinker_model.get_image_features if kind == "image" else thinker_model.get_video_features
-        features = torch.cat(encode(encoders[pixels], encoders.get(grid), return_dict=True).pooler_output, dim=0)
-        features = features.to(embeds.device, embeds.dtype)
-        masks = thinker_model.get_placeholder_mask(input_ids, inputs_embeds=embeds,
-                                                   **{f"{kind}_features": features})
-        embeds = embeds.masked_scatter(masks[0] if kind == "image" else masks[1], features)
-    return embeds
 
 
 class ThinkerStepper:
@@ -299,40 +246,13 @@ class TalkerStepper:
 
     def take(self, logits: torch.Tensor) -> int:
         """Pick the next code from ``(1, vocab)`` logits (the repetition penalty sees every earlier id)."""
-        return _sample([self], logits)[0]
+        return sample([self], logits)[0]
 
-    def _took(self, code: int) -> None:
+    def took(self, code: int) -> None:
+        """Record the code picked for this step."""
         self._ids[0, self._length] = code
         self._length += 1
         self.codes.append(code)
-
-
-def _sample(steppers: list[TalkerStepper], logits: torch.Tensor) -> list[int]:
-    """One code per stepper from its row of ``(rows, vocab)`` logits (rows past the steppers are padding).
-
-    Row-wise throughout, in one call per operation: the repetition penalty (each row's ids,
-    padded with its own first id, which changes nothing), the suppressions and warpers,
-    then ``torch.multinomial``'s own method for one sample, ``argmax(p / q)`` with ``q``
-    exponential, ``q`` drawn from each row's generator exactly as multinomial draws it.
-    """
-    first = steppers[0]
-    longest = max(s._length for s in steppers)
-    ids = torch.empty((len(steppers), longest), dtype=torch.long, device=first.device)
-    for row, stepper in enumerate(steppers):
-        ids[row, :stepper._length] = stepper.ids[0]
-        ids[row, stepper._length:] = stepper._ids[0, 0]
-    scores = first.processors(ids, logits.float())
-    if first.sampling:
-        probs = torch.softmax(scores, dim=-1)
-        noise = torch.empty_like(probs)
-        for row, stepper in enumerate(steppers):
-            noise[row].exponential_(1, generator=stepper.generator)
-        codes = torch.argmax(probs / noise, dim=-1).tolist()
-    else:
-        codes = scores.argmax(dim=-1).tolist()
-    for stepper, code in zip(steppers, codes, strict=True):
-        stepper._took(int(code))
-    return codes
 
 
 def talker_steps(talker, steppers: list[TalkerStepper], reply_vectors: list[torch.Tensor], quantum: int) -> None:
@@ -349,54 +269,4 @@ def talker_steps(talker, steppers: list[TalkerStepper], reply_vectors: list[torc
     for sampling in (True, False):  # sampled and greedy replies take different processors
         rows = [row for row, s in enumerate(steppers) if s.sampling == sampling]
         if rows:
-            _sample([steppers[row] for row in rows], logits[rows])
-
-
-class _Suppress:
-    """``SuppressTokensLogitsProcessor`` with its mask made once, not at every step (the same scores)."""
-
-    def __init__(self, tokens: list[int], vocab: int, device) -> None:
-        self.mask = torch.isin(torch.arange(vocab, device=device), torch.tensor(tokens, device=device))
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.mask, -float("inf"), scores)
-
-
-class _Processors(list):
-    """The processors applied in order (a plain loop: ``LogitsProcessorList`` inspects each one's signature
-    at every call, which cost more than the processing itself)."""
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for processor in self:
-            scores = processor(input_ids, scores)
-        return scores
-
-
-_PROCESSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def talker_processors(talker, decodable_codes: int, sampling: bool, device) -> _Processors:
-    """The Talker's logits processors, as generate() builds them (made once per model and device).
-
-    One addition: ids the speech decoder has no embedding for (>= its num_embeds, except
-    the stop codes) are suppressed; generate() would crash in token2wav on them. With a
-    trained Talker they carry no probability, so this changes nothing in practice.
-    """
-    from transformers import (
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    made = _PROCESSORS.setdefault(talker, {})
-    key = (decodable_codes, sampling, str(device))
-    if key not in made:
-        vocab = talker.config.vocab_size
-        suppressed = {talker.codec_bos_token} | {i for i in range(decodable_codes, vocab)
-                                                 if i not in TALKER_STOP_CODES}
-        processors = [RepetitionPenaltyLogitsProcessor(1.05), _Suppress(sorted(suppressed), vocab, device)]
-        if sampling:
-            processors += [TemperatureLogitsWarper(0.9), TopKLogitsWarper(40), TopPLogitsWarper(0.8)]
-        made[key] = _Processors(processors)
-    return made[key]
+            sample([steppers[row] for row in rows], logits[rows])

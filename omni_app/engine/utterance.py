@@ -23,8 +23,9 @@ from .code2wav import StreamingCode2Wav, WindowDecoder
 from .common import TALKER_STOP_CODES, Job, to_device, to_int16
 from .dit import DitRunner
 from .loader import OUTPUT_SAMPLE_RATE
+from .prompt_inputs import prompt_positions
 from .sessions import CacheSlot, after_turn
-from .stepper import TalkerStepper, ThinkerStepper, prompt_positions
+from .stepper import TalkerStepper, ThinkerStepper
 from .text import IncrementalDecoder
 from .timing import StageClock
 
