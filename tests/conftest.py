@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import omni_app  # noqa: F401  (first: it sets up the model thread's BLAS threads before torch loads)
+
 SPEECH_TEXT = "What is in this picture? Please answer in one short sentence."
 
 
