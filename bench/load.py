@@ -172,6 +172,7 @@ def measure_endpoint(url: str, dialect: str, api_key: str | None, requests: list
     backend = RemoteBackend(url, dialect=dialect, api_key=api_key)
     for index, request in enumerate(requests):
         alone[index] = measure(backend, request)
+    alone_rtf = float(np.median([r["total"] / r["speech"] for r in alone.values() if r["speech"]] or [float("nan")]))
     rows = {}
     for users in counts:
         results, wall = run_users(url, dialect, api_key, requests, users, rounds)
@@ -181,8 +182,7 @@ def measure_endpoint(url: str, dialect: str, api_key: str | None, requests: list
         row = {"replies": len(done), "errors": len(errors), "cross": cross,
                "ttfa": [r["ttfa"] for _, r in done], "under": [r["underrun"] for _, r in done],
                "per_min": len(done) / wall * 60, "used": len({r["served_by"] for _, r in done if r["served_by"]}),
-               "alone_rtf": float(np.median([r["total"] / r["speech"] for r in alone.values() if r["speech"]]
-                                            or [float("nan")]))}
+               "alone_rtf": alone_rtf}
         rows[users] = row
         print(f"{label:>7}{users:5d} {row['replies']:7d} {row['errors']:6d} {row['cross']:5d} "
               f"{percentile(row['ttfa'], 50):9.3f} {percentile(row['ttfa'], 95):9.3f} "

@@ -101,13 +101,16 @@ class StreamingCode2Wav:
     def _next_start(self) -> int:
         return self.plans[-1].keep_end if self.plans else 0
 
+    def _next_end(self, start: int) -> int:
+        """Where the next middle chunk, starting at ``start``, ends (the schedule's next size)."""
+        return start + self.schedule[min(len(self.plans), len(self.schedule) - 1)] * BLOCK_FRAMES
+
     def next_plan(self) -> ChunkPlan | None:
         """The next chunk that can be decoded now, or ``None`` if it needs more codes."""
         start = self._next_start()
         if start >= self.frames and (self.finished or self.frames == 0):
             return None
-        size = self.schedule[min(len(self.plans), len(self.schedule) - 1)] * BLOCK_FRAMES
-        end = start + size
+        end = self._next_end(start)
         # A middle chunk needs its whole block of look-ahead; otherwise it must be the last.
         if end + FUTURE_FRAMES <= self.frames:
             return ChunkPlan(max(start - PAST_FRAMES, 0), end + FUTURE_FRAMES, start, end, last=False)
@@ -120,8 +123,7 @@ class StreamingCode2Wav:
         if self.finished:
             return None
         start = self._next_start()
-        size = self.schedule[min(len(self.plans), len(self.schedule) - 1)] * BLOCK_FRAMES
-        end = start + size
+        end = self._next_end(start)
         if end + FUTURE_FRAMES <= min(self.frames + 2 * codes, 2 * limit):
             return end + FUTURE_FRAMES - max(start - PAST_FRAMES, 0)
         if len(self.codes) + codes >= limit:  # the last chunk, at the length limit

@@ -227,8 +227,3 @@ class DitRunner:
         """
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self._evaluate = torch.compile(self._evaluate, mode=mode, dynamic=False)
-
-    def clear(self) -> None:
-        """Forget the per-length tables (the time conditioning stays: it is small and always reused)."""
-        self._rotary.clear()
-        self._masks.clear()

@@ -80,7 +80,7 @@ def invariance(model, max_batch: int) -> Invariance:
 def _probe(model, max_batch: int) -> Invariance:
     generator = torch.Generator(device="cpu").manual_seed(0)
     checks = [_linear_check(layer, generator, max_batch) for layer in _decode_linears(model)]
-    quantum = _smallest(lambda q: all(check(q) for check in checks), max_batch)
+    quantum = _smallest(lambda q: all(check(q) for check in checks))
     exact = True
     if quantum is None:  # one fixed row count for every step: all that is left is the row's position
         quantum = max_batch
@@ -88,17 +88,14 @@ def _probe(model, max_batch: int) -> Invariance:
     token2wav = getattr(model, "token2wav", None)
     window = vocoder = 0
     if token2wav is not None and max_batch > 1:
-        window = _smallest(_window_check(token2wav, generator, max_batch), max_batch, QUANTA[:3]) or 0
-        vocoder = _smallest(_vocoder_check(token2wav, generator, max_batch), max_batch, QUANTA[:3]) or 0
+        window = _smallest(_window_check(token2wav, generator, max_batch), QUANTA[:3]) or 0
+        vocoder = _smallest(_vocoder_check(token2wav, generator, max_batch), QUANTA[:3]) or 0
     return Invariance(quantum, window, vocoder, exact)
 
 
-def _smallest(passes, max_batch: int, candidates=QUANTA) -> int | None:
-    """The smallest candidate quantum (no larger than the padded batch limit) that ``passes``."""
-    for candidate in candidates:
-        if candidate <= padded(max_batch, candidate) and passes(candidate):
-            return candidate
-    return None
+def _smallest(passes, candidates=QUANTA) -> int | None:
+    """The smallest candidate quantum that ``passes``."""
+    return next((candidate for candidate in candidates if passes(candidate)), None)
 
 
 def _consistent(fn, inputs: torch.Tensor, quantum: int, top: int, shifts=(0, 1), fixed: bool = False) -> bool:

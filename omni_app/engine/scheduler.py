@@ -102,7 +102,6 @@ class Ticket:
         self.outbox: deque = deque()
         self.reply = None
         self.told: int | None = None
-        self.submitted = time.perf_counter()
         self.admitted: float | None = None
         self._full_since: float | None = None
 
@@ -151,7 +150,7 @@ class Scheduler:
             self._waiting.append(ticket)
             if len(self._active) >= self.max_batch:
                 self._tell_places()
-            self._ensure_thread()
+            model_thread().serve(self)
             self._cond.notify_all()
         return ticket
 
@@ -184,9 +183,6 @@ class Scheduler:
         return len(self._active)
 
     # The loop ---------------------------------------------------------------------
-
-    def _ensure_thread(self) -> None:
-        model_thread().serve(self)
 
     def turn(self) -> bool:
         """One turn of the loop: admit, then one step of the batch (or a whole reply); ``False`` when idle."""

@@ -35,8 +35,8 @@ class ThinkerStepper:
     ``inputs`` needs the encoder inputs of the media in that rest only; ``positions``
     (:func:`prompt_positions` of the whole prompt) then number it.
 
-    The prompt runs in pieces: :meth:`encode` (the media), then :meth:`prefill_chunk` until
-    it returns the first token. :meth:`prefill` does all of it at once.
+    The prompt runs in pieces: :meth:`prefill_chunk` (the media encoders before the first
+    piece) until it returns the first token. :meth:`prefill` does all of it at once.
     """
 
     def __init__(self, thinker, inputs: dict, use_audio_in_video: bool, forced: list[int] | None = None,
@@ -64,14 +64,10 @@ class ThinkerStepper:
         self._rows: list[torch.Tensor] = []
 
     @property
-    def encoded(self) -> bool:
-        return self._embeds is not None
-
-    @property
     def prefilled(self) -> bool:
         return bool(self.tokens)
 
-    def encode(self) -> None:
+    def _encode(self) -> None:
         """Run the media encoders of the part of the prompt not in the cache."""
         new = self.inputs["input_ids"][:, self.start:]
         encoders = {k: v for k, v in self.inputs.items() if k in ENCODER_INPUTS and v is not None}
@@ -80,7 +76,7 @@ class ThinkerStepper:
     def prefill_chunk(self) -> int | None:
         """Run the next piece of the prompt; after the last one, returns the first token (else ``None``)."""
         if self._embeds is None:
-            self.encode()
+            self._encode()
         begin, end = self._done, min(self._done + self.chunk, self._embeds.shape[1])
         at = self.start + begin
         hidden = self.thinker.model.language_model(
@@ -98,7 +94,7 @@ class ThinkerStepper:
             return None
         rows = torch.cat(self._rows, dim=1)
         self.prompt_rows = rows if self._prefix_rows is None else torch.cat([self._prefix_rows, rows], dim=1)
-        self._prefix_rows, self._rows, self._embeds = None, [], self._embeds[:, :0]
+        self._prefix_rows, self._rows, self._embeds = None, [], None
         return self._take(self.thinker.lm_head(hidden[:, -1:]))
 
     def prefill(self) -> int:

@@ -94,6 +94,10 @@ class ReplyRun:
 
     def finish_utterance(self) -> None:
         """Close the current utterance, note what it made, and go on to the next."""
+        self._close_utterance()
+        self.advance()
+
+    def _close_utterance(self) -> None:
         u = self.utterance
         u.close()
         codes = list(u.audio.codes) if u.audio is not None else []
@@ -104,13 +108,12 @@ class ReplyRun:
         self.reason = reason_for(u.thinker.tokens, list(u.eos_ids), u.max_tokens)
         if self.reason == "finished" and len(codes) >= u.max_codes:
             self.reason = "length"
-        self.advance()
 
     def cancel(self) -> None:
         """Stop now (the conversation keeps what its cache holds)."""
         if self.utterance is not None and not self.done:
             try:
-                self.finish_utterance()
+                self._close_utterance()  # not the next sentence: nothing more is made
             except Exception:  # the reply is over either way; its cache is simply not kept
                 log.exception("closing a cancelled reply failed")
         self.reason, self.done, self.utterance = "cancelled", True, None

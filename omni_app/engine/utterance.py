@@ -75,7 +75,7 @@ class Utterance:
     # What it can do next ------------------------------------------------------------
 
     def prompt_left(self) -> int:
-        """Prompt tokens still to run (0 once the first token exists); the media encoders count as one piece."""
+        """Prompt tokens still to run (0 once the first token exists)."""
         if self.thinker.prefilled:
             return 0
         return self.inputs["input_ids"].shape[1] - self.thinker.start
