@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Set up everything omni_app needs on a fresh machine (idempotent, fast when done):
 #   - system packages: ffmpeg (media decoding), espeak-ng and sox (test speech), chromium
-#     (browser tests), nodejs (tests of the page's speech player logic)
+#     (browser tests), nodejs and npm (the page's voice activity detection, tests of the
+#     page's speech player logic)
 #   - a Python 3.11 virtual environment in .venv with requirements-dev.txt
+#   - node_modules/ from package-lock.json: silero VAD for the page (@ricky0123/vad-web,
+#     onnxruntime-web), which the app serves itself
 # Usage: scripts/setup.sh            (sourced by scripts/run.sh and scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # command:package (the package is named like the command unless given)
-SYSTEM_PACKAGES=(ffmpeg espeak-ng sox chromium node:nodejs)
+SYSTEM_PACKAGES=(ffmpeg espeak-ng sox chromium node:nodejs npm)
 missing=()
 for entry in "${SYSTEM_PACKAGES[@]}"; do
   command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry##*:}")
@@ -39,4 +42,13 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt
   echo "$want" > "$stamp"
+fi
+
+# The page's own packages, exactly as locked (no install scripts run).
+web_stamp=node_modules/.package-lock.sha256
+web_want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [[ ! -f $web_stamp || $(cat "$web_stamp") != "$web_want" ]]; then
+  echo "setup: installing the page's packages (npm ci)"
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+  echo "$web_want" > "$web_stamp"
 fi

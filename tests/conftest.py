@@ -114,7 +114,7 @@ class LiveApp(LiveProcess):
         """Epoch seconds of each end of a spoken turn, as the app logged them."""
         import re
 
-        return [float(m) for m in re.findall(r"turn ended at ([0-9.]+)", self.log.read_text())]
+        return [float(m) for m in re.findall(r"turn received at ([0-9.]+)", self.log.read_text())]
 
 
 def _free_port() -> int:

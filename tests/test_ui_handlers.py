@@ -133,72 +133,58 @@ def test_image_question_by_text_and_voice(app, media_dir):
     assert "spoken question" in chats[-1][-2]["content"]
 
 
-def speech_chunks(tmp_path, text: str, pause_s: float = 1.5):
-    """espeak-ng speech at 48 kHz int16 followed by silence, cut like a browser microphone."""
+def page_turn_data(tmp_path, text: str, ended_ago: float = 0.0, **extra) -> dict:
+    """A turn as the page's listener sends it: espeak-ng speech as 16 kHz int16 PCM, base64."""
     wav = tmp_path / "turn.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
-    raw = tmp_path / "turn48.wav"
-    subprocess.run(["sox", str(wav), "-r", "48000", "-c", "1", "-b", "16", str(raw), "pad", "0.3", str(pause_s)],
-                   check=True)
+    raw = tmp_path / "turn16.wav"
+    subprocess.run(["sox", str(wav), "-r", "16000", "-c", "1", "-b", "16", str(raw), "pad", "0.3", "0.2"], check=True)
     data, rate = sf.read(str(raw), dtype="int16")
-    step = rate // 4
-    return [(rate, data[i:i + step]) for i in range(0, len(data), step)]
+    now = time.time()
+    turn = {"pcm": base64.b64encode(data.astype("<i2").tobytes()).decode(), "sample_rate": rate,
+            "began": now - ended_ago - len(data) / rate, "ended": now - ended_ago, "sent": now}
+    return {**turn, **extra}
 
 
-def test_voice_turn_by_voice_activity(app, tmp_path):
-    turns = []
-    for chunk in speech_chunks(tmp_path, "What is the weather like today?"):
-        turn, _ = app["on_mic"](chunk, None, "voice", session("vad"))[:2]
-        if not isinstance(turn, dict):
-            turns.append(turn)
-    assert turns == [1]
-    chats, audio, _ = collect(app["reply_to_turn"]("Chelsie", True, session("vad")))
-    assert chats[-1][0]["content"].startswith("(spoken")
+def turn_event(data) -> gr.EventData:
+    return gr.EventData(None, data)
+
+
+def test_voice_turn_from_the_page(app, tmp_path):
+    data = page_turn_data(tmp_path, "What is the weather like today?")
+    chats, audio, _ = collect(app["reply_to_turn"]("Chelsie", True, session("vad"), turn_event(data)))
+    assert chats[-1][0]["content"].startswith("(spoken, 2.")
     assert audio
 
 
-def test_a_short_burst_stops_a_reply_but_is_no_turn(app, tmp_path):
-    # A cough or a click: 150 ms of sound. It barges in (as any voice does) but nothing is answered.
-    chunks = speech_chunks(tmp_path, "Hello there")
-    rate, data = chunks[0][0], np.concatenate([c for _, c in chunks])
-    start = int(0.3 * rate)  # the speech starts after the padding
-    burst = np.concatenate([data[:start + int(0.15 * rate)], np.zeros(2 * rate, np.int16)])
-    turns, barged = [], False
-    for k in range(0, len(burst), rate // 4):
-        turn, barge = app["on_mic"]((rate, burst[k:k + rate // 4]), None, "voice", session("burst"))[:2]
-        turns += [] if isinstance(turn, dict) else [turn]
-        barged |= not isinstance(barge, dict)
-    assert barged and turns == []
+@pytest.mark.parametrize("change, message", [
+    ({"pcm": None}, "without its audio"),
+    ({"pcm": "not base64!"}, "could not be read"),
+    ({"pcm": "AA=="}, "could not be read"),  # one byte: not a whole sample
+    ({"sample_rate": 48000}, "at 48000 Hz instead of 16000 Hz"),
+    ({"pcm": "A" * 3_000_000}, "longer than 61 s"),
+])
+def test_a_malformed_turn_gets_a_message_and_the_chat_goes_on(app, tmp_path, change, message):
+    data = {**page_turn_data(tmp_path, "Hello"), **change}
+    with pytest.raises(gr.Error, match=message):
+        collect(app["reply_to_turn"]("Chelsie", False, session(f"bad-{sorted(change.items())}"), turn_event(data)))
+    chats, _, _ = collect(app["reply_to_turn"]("Chelsie", False, session(f"bad-{sorted(change.items())}"),
+                                               turn_event(page_turn_data(tmp_path, "Hello"))))
+    assert [m["role"] for m in chats[-1]] == ["user", "assistant"]
 
 
-def test_a_turn_begun_in_one_tab_is_not_finished_in_it_after_a_switch(app, tmp_path):
-    chunks = speech_chunks(tmp_path, "Tell me what the weather is like today")
-    half = len(chunks) // 3
-    for chunk in chunks[:half]:  # speaking in the voice chat ...
-        app["on_mic"](chunk, None, "voice", session("switch"))
-    app["on_mic"](chunks[half], None, "video", session("switch"))  # ... then the video chat is shown
-    silence = (chunks[0][0], np.zeros(chunks[0][0] // 4, np.int16))
-    heard = [app["on_mic"](silence, None, "voice", session("switch")) for _ in range(8)]  # back, silent
-    assert all(isinstance(updates[0], dict) for updates in heard)  # no half question answered there
-
-
-def test_speaking_during_a_reply_stops_it(service, tmp_path):
+def test_barge_in_from_the_page_stops_the_reply_being_made(service, tmp_path):
     # Long limits: without barge-in this reply would run for a minute of speech.
     long_context = AppContext(LocalBackend(service), GenerationLimits(max_new_tokens=2000, max_speech_seconds=60),
                               MediaLimits())
-    long = build_app(long_context)
-    handlers = {f.name: f.fn for f in long.fns.values() if f.fn is not None}
-    chunks = speech_chunks(tmp_path, "Tell me a story please.")
-    for chunk in chunks:
-        handlers["on_mic"](chunk, None, "voice", session("barge"))
-    reply = handlers["reply_to_turn"]("Chelsie", True, session("barge"))
+    handlers = {f.name: f.fn for f in build_app(long_context).fns.values() if f.fn is not None}
+    reply = handlers["reply_to_turn"]("Chelsie", True, session("barge"),
+                                      turn_event(page_turn_data(tmp_path, "Tell me a story please.")))
     assert any('"seq"' in out[1] for out in reply), "the reply never spoke"  # stops at the first audio
-    barged = None
-    for chunk in chunks:
-        _, barge = handlers["on_mic"](chunk, None, "voice", session("barge"))[:2]
-        if not isinstance(barge, dict):
-            barged = barge
-    assert barged is not None
+    handlers["barge"](session("other"), turn_event({"tab": "voice"}))  # another page's barge-in ...
+    handlers["barge"](session("barge"), turn_event({"tab": "video"}))  # ... or another tab's: no effect
+    assert '"seq"' in next(reply)[1]
+    handlers["barge"](session("barge"), turn_event({"tab": "voice"}))
     rest = list(reply)
     status = [s for _, _, s, _ in rest if isinstance(s, str)][-1]
     assert "stopped" in status
@@ -207,27 +193,22 @@ def test_speaking_during_a_reply_stops_it(service, tmp_path):
     long_context.speech.close()
 
 
-def test_the_one_microphone_talks_to_the_chat_tab_on_show(app, tmp_path):
-    chunks = speech_chunks(tmp_path, "Which tab am I in?")
-    for tab, index in (("video", 2), ("voice", 0), ("image", None)):
-        heard = [app["on_mic"](chunk, None, tab, session(f"route-{tab}")) for chunk in chunks]
-        bumped = {k for updates in heard for k, update in enumerate(updates) if not isinstance(update, dict)}
-        assert bumped == ({index, index + 1} if index is not None else set()), tab
-
-
-def test_video_turn_uses_webcam_frames(app, tmp_path, media_dir):
+def test_video_turn_takes_the_webcam_frames_of_its_span(app, tmp_path, media_dir):
     from omni_app.media import load_video
 
     clip = load_video(media_dir / "mute.mp4")
     preview = app["on_frame"](clip.frames[0], session("cam"))
     assert preview.shape[0] % 28 == 0 and preview.shape[1] % 28 == 0
-    for chunk in speech_chunks(tmp_path, "What do you see?"):
-        for frame in clip.frames[:1]:
-            app["on_frame"](frame, session("cam"))
-        app["on_mic"](chunk, None, "video", session("cam"))
-    chats, audio, _ = collect(app["video_reply_to_turn"]("Chelsie", True, session("cam")))
-    assert chats[-1][0]["content"].startswith("(video")
+    for frame in clip.frames[:4]:
+        app["on_frame"](frame, session("cam"))
+    chats, audio, _ = collect(app["video_reply_to_turn"]("Chelsie", True, session("cam"),
+                                                         turn_event(page_turn_data(tmp_path, "What do you see?"))))
+    assert chats[-1][0]["content"].startswith("(video: 4 frames")  # 5 frames at once: 2 fps keeps 4
     assert audio
+    # A turn spoken 30 s ago, before these frames: only its sound goes in.
+    old = page_turn_data(tmp_path, "And now?", ended_ago=30.0)
+    chats, _, _ = collect(app["video_reply_to_turn"]("Chelsie", False, session("cam"), turn_event(old)))
+    assert chats[-1][-2]["content"].startswith("(spoken")
 
 
 def test_voice_cloning_tab_creates_speaks_and_downloads(app, tmp_path):
@@ -278,17 +259,16 @@ def test_clear_during_a_reply_keeps_the_history_cleared(app):
     assert [m["content"] for m in again[-1] if m["role"] == "user"] == ["Fresh start"]
 
 
-def test_stop_drops_spoken_turns_still_waiting(app, tmp_path):
-    for chunk in speech_chunks(tmp_path, "Are you there?"):
-        app["on_mic"](chunk, None, "voice", session("stopq"))
-    app["on_stop"](session("stopq"))
-    assert list(app["reply_to_turn"]("Chelsie", True, session("stopq"))) == []
-
-
-def test_speaking_while_a_finished_reply_plays_pauses_it(app, tmp_path):
-    collect(app["reply_to_text"]("Say something", "Chelsie", True, request=session("late")))
-    barges = [app["on_mic"](c, None, "voice", session("late"))[1] for c in speech_chunks(tmp_path, "Wait a moment.")]
-    assert any(not isinstance(b, dict) for b in barges)
+def speech_chunks(tmp_path, text: str, pause_s: float = 1.5):
+    """espeak-ng speech at 48 kHz int16 followed by silence, cut in 0.25 s chunks as a stream comes."""
+    wav = tmp_path / "turn.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
+    raw = tmp_path / "turn48.wav"
+    subprocess.run(["sox", str(wav), "-r", "48000", "-c", "1", "-b", "16", str(raw), "pad", "0.3", str(pause_s)],
+                   check=True)
+    data, rate = sf.read(str(raw), dtype="int16")
+    step = rate // 4
+    return [(rate, data[i:i + step]) for i in range(0, len(data), step)]
 
 
 def test_long_speech_is_cut_into_turns_without_losing_the_rest(tmp_path):
@@ -317,38 +297,12 @@ def test_status_counts_from_the_moment_the_browser_sent_the_turn(app):
 
 
 def test_a_spoken_turn_tells_the_page_when_it_ended(app, tmp_path):
-    for chunk in speech_chunks(tmp_path, "How are you today?"):
-        app["on_mic"](chunk, None, "voice", session("ago"))
-    time.sleep(0.3)
-    outputs = list(app["reply_to_turn"]("Chelsie", False, session("ago")))
+    data = page_turn_data(tmp_path, "How are you today?", ended_ago=1.5)
+    outputs = list(app["reply_to_turn"]("Chelsie", False, session("ago"), turn_event(data)))
     head = json.loads(outputs[0][1].split("\n")[0])
-    assert head["speak"] is False and head["turn"]["ago"] >= 0.3
-    assert "waited 0" in outputs[-1][2] or "waited" in outputs[-1][2]
-
-
-def test_the_end_of_turn_pause_is_a_setting(app, tmp_path):
-    first, second = tmp_path / "a.wav", tmp_path / "b.wav"
-    subprocess.run(["espeak-ng", "-w", str(first), "I would like to know"], check=True)
-    subprocess.run(["espeak-ng", "-w", str(second), "what the weather is like"], check=True)
-    joined = tmp_path / "joined.wav"
-    # A 0.8 s pause in the middle of the question, 1.8 s of silence after it.
-    subprocess.run(["sox", str(first), "-r", "48000", "-c", "1", "-b", "16", str(tmp_path / "a48.wav"), "pad", "0.3",
-                    "0.8"], check=True)
-    subprocess.run(["sox", str(second), "-r", "48000", "-c", "1", "-b", "16", str(tmp_path / "b48.wav"), "pad", "0",
-                    "1.8"], check=True)
-    subprocess.run(["sox", str(tmp_path / "a48.wav"), str(tmp_path / "b48.wav"), str(joined)], check=True)
-    data, rate = sf.read(str(joined), dtype="int16")
-    chunks = [(rate, data[i:i + rate // 10]) for i in range(0, len(data), rate // 10)]
-    turns = {}
-    for pause_ms in (400, 1200):
-        name = f"pause{pause_ms}"
-        heard = [app["on_mic"](c, pause_ms, "voice", session(name)) for c in chunks]
-        turns[pause_ms] = sum(not isinstance(turn, dict) for turn, *_ in heard)
-        app["on_clear"](session(name))
-    assert turns == {400: 2, 1200: 1}
-    with pytest.raises(gr.Error, match="between 100 and 2000 ms"):
-        app["on_mic"](chunks[0], 20, "voice", session("pause-bad"))
-
+    assert head["speak"] is False and head["turn"] == {"at": data["ended"]}  # on the page's own clock
+    waited = float(re.search(r"waited ([0-9.]+) s for the model", outputs[-1][2]).group(1))
+    assert 1.5 <= waited < 60  # counted from the end of the speech, not from its arrival
 
 def test_speech_files_go_when_the_browser_session_ends(app, context, media_dir):
     from PIL import Image

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .. import web_modules
 from ..errors import RequestError
 from .spacefile import Spacefile, load_spacefile
 
@@ -150,6 +151,13 @@ def build_space(out: str | Path, spacefile_path: str | Path = ROOT / "Spacefile"
             target = staging / source.relative_to(ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+        if {"voice", "video"} & set(spacefile.tabs):
+            # The page's own voice detection (npm packages the app serves; no CDN at run time).
+            modules = web_modules.check_installed()
+            for name in web_modules.FILES:
+                target = staging / "node_modules" / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(modules / name, target)
         if "image" in spacefile.tabs and (ROOT / "assets").is_dir():
             shutil.copytree(ROOT / "assets", staging / "assets")
         if out.exists():

@@ -9,7 +9,7 @@ import gradio as gr
 from ..config import TABS, check_tabs
 from . import image_qa, inside_tab, video_chat, voice_chat, voice_clone
 from .context import AppContext
-from .mic import LiveMicrophone
+from .listen import PageListener
 
 #: All model work shares one queue, ``concurrency`` wide: a model in this process makes a batch
 #: of replies at once; in front of a server, as many as it queues itself.
@@ -41,11 +41,11 @@ def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1)
         gr.Markdown("# omni_app · talk to Qwen2.5-Omni\nSpeak, show, ask: the answer streams as text and "
                     "speech while it is still being generated.")
         gr.Markdown(banner_text(app), elem_id="banner")
-        # One live microphone for the chat tabs (gradio runs one streaming recorder per page).
-        live = LiveMicrophone(app.vad) if {"voice", "video"} & set(tabs) else None
+        # One listener for the chat tabs: the page hears the person and sends finished turns.
+        live = PageListener(app.vad) if {"voice", "video"} & set(tabs) else None
         pickers, shown = [], {}
         # Opens on the first tab asked for (the tabs are laid out in a fixed order), which
-        # is also where the live microphone's turns go until another tab is chosen.
+        # is also the chat tab the listener's turns go to until another one is shown.
         with gr.Tabs(selected=tabs[0]):
             for tab_id, title, module in (("voice", "Voice chat", voice_chat), ("video", "Video chat", video_chat),
                                           ("image", "Image Q&A", image_qa)):
@@ -62,7 +62,7 @@ def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1)
                 with gr.Tab("Inside the model", id="inside") as shown["inside"]:
                     inside_tab.build(app, GPU_QUEUE)
         if live is not None:
-            live.wire(shown, first=tabs[0])
+            live.wire()
         # Every model event shares one concurrency group; gradio applies its lowest limit.
         for fn in demo.fns.values():
             if fn.concurrency_id == GPU_QUEUE:

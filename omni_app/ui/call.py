@@ -1,9 +1,9 @@
 """One action starts a video call (camera and microphone together) and one ends it.
 
-gradio starts a webcam stream and a microphone stream only from their own buttons, so the
-call buttons press those in the page: grant the webcam, start its stream, start the
-page's live microphone (above the tabs); and to end, stop both and silence the reply.
-The buttons are found by their classes and titles, not their (translated) labels.
+gradio starts a webcam stream only from its own buttons, so the call buttons press those in
+the page (found by their classes and titles, not their translated labels): grant the webcam
+and start its stream, and start the page's listener (above the tabs); to end, stop both and
+silence the reply.
 """
 
 #: Run in the page by "Start call". Also opens the page's audio (a user gesture is needed).
@@ -18,14 +18,13 @@ async () => {
     return null;
   };
   if (window.OmniSpeech) OmniSpeech.open();
+  const listening = window.OmniListen ? OmniListen.start() : null;
   const camera = document.getElementById("video-camera");
-  const mic = document.getElementById("live-mic");
   const grant = camera.querySelector('[title="grant webcam access"] button');
   if (grant) grant.click();
   const capture = await until(() => camera.querySelector(".capture-button"));
   if (capture && !capture.querySelector('[title="stop recording"]')) capture.click();
-  const record = await until(() => mic.querySelector(".record-button"), 3000);
-  if (record) record.click();
+  await listening;
 }
 """
 
@@ -33,8 +32,7 @@ async () => {
 END_CALL_JS = """
 () => {
   if (window.OmniSpeech) OmniSpeech.stop("video");
-  const stop = document.querySelector("#live-mic .stop-button");
-  if (stop) stop.click();
+  if (window.OmniListen) OmniListen.stop();
   const capture = document.querySelector("#video-camera .capture-button");
   if (capture && capture.querySelector('[title="stop recording"]')) capture.click();
 }

@@ -20,8 +20,11 @@ from .speech import SpeechStore
 
 JS = Path(__file__).with_name("js")
 
-TEMPLATE = '<div class="omni-speech"><span class="omni-speech-line" aria-live="polite"></span></div>'
-CSS = ".omni-speech { min-height: 1.4em; font-size: var(--text-sm); color: var(--body-text-color-subdued); }"
+TEMPLATE = ('<div class="omni-speech"><button class="omni-speech-unmute" type="button" hidden>'
+            '🔇 Tap to turn on sound</button><span class="omni-speech-line" aria-live="polite"></span></div>')
+CSS = (".omni-speech { min-height: 1.4em; font-size: var(--text-sm); color: var(--body-text-color-subdued); }\n"
+       ".omni-speech-unmute { margin-right: 0.6em; padding: 0.3em 0.8em; border-radius: 6px; font-weight: 600;"
+       " background: var(--button-primary-background-fill); color: var(--button-primary-text-color); }")
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from ..conversation import Conversation
 
 @dataclass
 class ChatSession:
-    """One browser session of one tab: its history, its running reply, its microphone."""
+    """One browser session of one tab: its history, its running reply, its webcam frames."""
 
     #: Which tab and browser session this is (a backend may keep state under it).
     key: str = ""
@@ -32,13 +32,9 @@ class ChatSession:
     messages: list[dict] = field(default_factory=list)
     #: Set to stop the reply that is being generated.
     cancel: CancelToken | None = None
-    detector: object | None = None  # omni_app.vad.TurnDetector, created on first audio
-    #: Utterances waiting to be answered (oldest first): (16 kHz audio, monotonic end time).
-    turns: deque = field(default_factory=deque)
     #: Webcam frames (monotonic time, RGB array at the model's resolution) of about the
     #: last minute (2 per second).
     frames: deque = field(default_factory=lambda: deque(maxlen=120))
-    turn_count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Called with ``key`` when the conversation ends (Clear, or the session goes away).
     on_end: Callable[[str], None] | None = None
@@ -50,21 +46,17 @@ class ChatSession:
             cancel.cancel()
 
     def stop(self) -> None:
-        """The user's Stop: end the reply and drop spoken turns still waiting for one."""
+        """The user's Stop: end the reply."""
         self.cancel_reply()
-        self.turns.clear()
 
     def clear(self) -> None:
-        """Forget the conversation (the microphone state is reset too)."""
+        """Forget the conversation."""
         self.stop()
         # Detach the running reply: it must not write into the cleared history.
         self.cancel = None
         self.conversation = Conversation()
         self.messages = []
         self.frames.clear()
-        with self.lock:
-            if self.detector is not None:
-                self.detector.reset()
         self.end()
 
     def end(self) -> None:

@@ -10,7 +10,7 @@ from ..media import frames_to_clip, smart_resize, video_frame_pixels
 from .call import END_CALL_JS, START_CALL_JS
 from .context import AppContext
 from .errors import shown
-from .mic import LiveMicrophone, take_turn
+from .listen import PageListener, PageTurn, log_turn, page_turn
 from .player import stop_js
 from .reply import TurnEnd, run_reply
 from .session import ChatSession, SessionStore
@@ -20,9 +20,9 @@ from .widgets import reply_controls, reply_view
 LEAD_SECONDS = 0.5
 
 
-def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[SessionStore, gr.Dropdown]:
+def build(app: AppContext, gpu_queue: str, live: PageListener) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; turns heard by
-    the ``live`` microphone while the tab is shown are answered here."""
+    the page's ``live`` listener while the tab is shown are answered here."""
     sessions = app.sessions.tab("video")
     with gr.Row():
         with gr.Column(scale=2):
@@ -31,7 +31,7 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
                 end_call = gr.Button("End call", variant="stop", elem_id="video-end-call")
             camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
                               elem_id="video-camera")
-            turn, barge = live.route("video", sessions)
+            turn = live.turns("video", sessions)
             preview = gr.Image(label="What the model sees (2 frames per second, model resolution)",
                                interactive=False, elem_id="video-preview")
         with gr.Column(scale=3):
@@ -48,20 +48,19 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
         return view
 
     @shown
-    def video_reply_to_turn(voice_name, speak_on, request: gr.Request):
+    def video_reply_to_turn(voice_name, speak_on, request: gr.Request, event: gr.EventData):
+        heard = page_turn(event._data)
+        log_turn(heard)
         session = sessions.get(request)
-        audio, ended = take_turn(session)
-        if audio is None:
-            return
-        seconds = len(audio) / 16000
-        part = turn_part(session, audio, ended, app)
+        seconds = heard.seconds
+        part = turn_part(session, heard, app)
         if isinstance(part, AudioPart):
             gr.Warning("No webcam frames arrived during this turn: only the sound was sent.")
             shown = f"(spoken, {seconds:.1f} s)"
         else:
             shown = f"(video: {len(part.clip.frames)} frames at 2 fps, spoken {seconds:.1f} s)"
         chosen = app.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(app, session, [part], shown, chosen, request, TurnEnd(ended))
+        yield from run_reply(app, session, [part], shown, chosen, request, TurnEnd.from_browser(heard.stamp))
 
     @shown
     def video_on_stop(request: gr.Request):
@@ -81,8 +80,7 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
     outputs = [chat, speech, status, replay]
     camera.stream(on_frame, inputs=[camera], outputs=[preview], stream_every=0.5, concurrency_limit=None,
                   show_progress="hidden", api_visibility="private")
-    barge.change(None, js=stop_js("video"))
-    by_voice = turn.change(video_reply_to_turn, inputs=[voice, speak], outputs=outputs, concurrency_limit=1,
+    by_voice = turn(video_reply_to_turn, inputs=[voice, speak], outputs=outputs, concurrency_limit=1,
                            concurrency_id=gpu_queue, show_progress_on=[chat], api_visibility="private")
     start_call.click(None, js=START_CALL_JS)
     stop.click(video_on_stop, js=stop_js("video"), queue=False, cancels=[by_voice], api_visibility="private")
@@ -93,18 +91,18 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
     return sessions, voice
 
 
-def turn_part(session: ChatSession, audio: np.ndarray, ended: float, app: AppContext):
+def turn_part(session: ChatSession, heard: PageTurn, app: AppContext):
     """The turn as the model takes it: the frames during the speech, at 2 fps, with its sound.
 
-    ``ended`` is when voice activity detection ended the turn (monotonic clock), so the
-    frames are the ones seen while the user spoke even if the reply waited in the queue.
+    The page says when the speech began and ended, so the frames are the ones seen while the
+    person spoke even if the reply waited in the queue.
     """
-    started = ended - len(audio) / 16000 - LEAD_SECONDS
-    stamped = [(t, f) for t, f in list(session.frames) if started <= t <= ended]
+    started = heard.began - LEAD_SECONDS
+    stamped = [(t, f) for t, f in list(session.frames) if started <= t <= heard.ended]
     if not stamped:
-        return AudioPart(audio)
+        return AudioPart(heard.audio)
     times = np.array([t for t, _ in stamped]) - stamped[0][0]
-    clip = frames_to_clip([f for _, f in stamped], times, app.media, audio=audio)
+    clip = frames_to_clip([f for _, f in stamped], times, app.media, audio=heard.audio)
     return VideoPart(clip)
 
 

@@ -9,23 +9,23 @@ from ..errors import RequestError
 from ..media import audio_from_array
 from .context import AppContext
 from .errors import shown
-from .mic import LiveMicrophone, take_turn
+from .listen import PageListener, log_turn, page_turn
 from .player import STAMP_JS, stop_js
 from .reply import TurnEnd, run_reply
 from .session import SessionStore
 from .widgets import reply_controls, reply_view, turn_stamp
 
 
-def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[SessionStore, gr.Dropdown]:
+def build(app: AppContext, gpu_queue: str, live: PageListener) -> tuple[SessionStore, gr.Dropdown]:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; turns heard by
-    the ``live`` microphone while the tab is shown are answered here."""
+    the page's ``live`` listener while the tab is shown are answered here."""
     sessions = app.sessions.tab("voice")
     with gr.Row():
         with gr.Column(scale=3):
             chat, status, speech, replay = reply_view("voice", app)
         with gr.Column(scale=2):
-            turn, barge = live.route("voice", sessions)
-            gr.Markdown("Press **Record** on the microphone above once, then talk and pause.")
+            turn = live.turns("voice", sessions)
+            gr.Markdown("Press **Start listening** above once, then talk and pause.")
             with gr.Accordion("Push to talk", open=False):
                 recording = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Record, then send")
                 send_recording = gr.Button("Send recording")
@@ -34,15 +34,12 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
             stamp = turn_stamp()
 
     @shown
-    def reply_to_turn(voice_name, speak_on, request: gr.Request):
-        session = sessions.get(request)
-        audio, ended = take_turn(session)
-        if audio is None:
-            return
-        seconds = len(audio) / 16000
+    def reply_to_turn(voice_name, speak_on, request: gr.Request, event: gr.EventData):
+        heard = page_turn(event._data)
+        log_turn(heard)
         chosen = app.resolve_voice(voice_name, request) if speak_on else None
-        yield from run_reply(app, session, [AudioPart(audio)], f"(spoken, {seconds:.1f} s)", chosen, request,
-                             TurnEnd(ended))
+        yield from run_reply(app, sessions.get(request), [AudioPart(heard.audio)], f"(spoken, {heard.seconds:.1f} s)",
+                             chosen, request, TurnEnd.from_browser(heard.stamp))
 
     @shown
     def reply_to_text(message, voice_name, speak_on, request: gr.Request, sent_at=None):
@@ -72,8 +69,7 @@ def build(app: AppContext, gpu_queue: str, live: LiveMicrophone) -> tuple[Sessio
 
     outputs = [chat, speech, status, replay]
     common = dict(outputs=outputs, concurrency_limit=1, concurrency_id=gpu_queue, show_progress_on=[chat])
-    barge.change(None, js=stop_js("voice"))
-    by_voice = turn.change(reply_to_turn, inputs=[voice, speak], api_visibility="private", **common)
+    by_voice = turn(reply_to_turn, inputs=[voice, speak], api_visibility="private", **common)
     by_text = text.submit(reply_to_text, inputs=[text, voice, speak, stamp], js=STAMP_JS, api_name="voice_chat_text",
                           **common)
     text.submit(lambda: "", outputs=[text], queue=False, api_visibility="private")

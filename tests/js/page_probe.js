@@ -9,7 +9,10 @@
  * 2. A microphone the test speaks into: getUserMedia's audio comes from a Web Audio graph
  *    (from the first call on: gradio may open the microphone as the page loads), and
  *    __probe.say(base64 wav) plays a recording into it; the returned promise gives the
- *    epoch ms at which the speech in it ends.
+ *    epoch ms at which the speech in it starts and ends. getUserMedia's constraints are kept
+ *    (__probe.constraints).
+ * 3. A room: __probe.echo(gain, delayMs) mixes what the speech players send to the speakers
+ *    back into that microphone, attenuated and delayed, with no echo canceller on the way.
  */
 (() => {
   const THRESHOLD = 1e-4; // about -80 dBFS: below the quietest speech sample that matters
@@ -110,7 +113,9 @@
     }
     return mic;
   };
+  probe.constraints = [];
   navigator.mediaDevices.getUserMedia = async (constraints) => {
+    probe.constraints.push(constraints);
     if (!probe.fakeMic || !constraints || !constraints.audio) return realGetUserMedia(constraints);
     const { ctx, mixer } = microphone();
     const out = ctx.createMediaStreamDestination();
@@ -129,12 +134,30 @@
     const samples = buffer.getChannelData(0);
     let last = samples.length - 1;
     while (last > 0 && Math.abs(samples[last]) < 0.01) last--;
+    let first = 0;
+    while (first < last && Math.abs(samples[first]) < 0.01) first++;
     const source = ctx.createBufferSource();
     source.buffer = buffer;
     connect.call(source, mixer);
     const start = ctx.currentTime + 0.05;
     source.start(start);
     const startsAt = wall(ctx, start);
-    return { start: startsAt, speechEnd: startsAt + (last / buffer.sampleRate) * 1000, end: startsAt + buffer.duration * 1000 };
+    return { start: startsAt, speechStart: startsAt + (first / buffer.sampleRate) * 1000,
+      speechEnd: startsAt + (last / buffer.sampleRate) * 1000, end: startsAt + buffer.duration * 1000 };
+  };
+  probe.echo = (gain, delayMs) => {
+    const players = OmniSpeech.context();
+    const { ctx, mixer } = microphone();
+    const out = players.createMediaStreamDestination();
+    connect.call(OmniSpeech.output(), out);
+    const source = ctx.createMediaStreamSource(out.stream);
+    const delay = ctx.createDelay(1);
+    delay.delayTime.value = delayMs / 1000;
+    const level = ctx.createGain();
+    level.gain.value = gain;
+    connect.call(source, delay);
+    connect.call(delay, level);
+    connect.call(level, mixer);
+    probe.room = { out, source, delay, level };
   };
 })();

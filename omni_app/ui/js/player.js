@@ -8,9 +8,14 @@
  * chunk, in sequence order and once, to an AudioWorklet running Playout (playout.js);
  * a chunk it missed is asked for again through the component's server function.
  *
- * One AudioContext serves the page; it is opened on the first user gesture (browsers
- * allow sound only after one). A new reply in any tab stops the one playing; Stop and
- * barge-in call OmniSpeech.stop(name).
+ * One AudioContext serves the page; it is opened on the first user activation (browsers
+ * allow sound only after one): pointerup, click, touchend and keydown are what the HTML
+ * spec counts for touch screens too (pointerdown counts only for a mouse). A context the
+ * browser suspends or interrupts (iOS: a call, another app) is resumed on the next one;
+ * while it cannot play, each speaking player shows a "tap to turn on sound" button. The
+ * players play into one output bus, which the page's listener (listen.js) also takes as
+ * the reference of what the speakers play. A new reply in any tab stops the one playing;
+ * Stop and barge-in call OmniSpeech.stop(name).
  */
 (() => {
   if (window.OmniSpeech) return;
@@ -18,18 +23,34 @@
   const SAMPLE_RATE = 24000;
   let context = null;
   let ready = null;
+  let output = null;
 
   function audio() {
     if (!context) {
       context = new AudioContext({ sampleRate: SAMPLE_RATE, latencyHint: "interactive" });
+      output = context.createGain();
+      output.connect(context.destination);
+      context.addEventListener("statechange", muted);
       const url = URL.createObjectURL(new Blob([WORKLET_SOURCE], { type: "text/javascript" }));
       ready = context.audioWorklet.addModule(url).then(() => context);
     }
-    if (context.state === "suspended") context.resume().catch(() => {});
+    if (context.state !== "running" && context.state !== "closed") {
+      // "suspended" (no activation yet, or the browser paused it) or iOS's "interrupted".
+      context.resume().then(muted, muted);
+    }
+    muted();
     return ready;
   }
 
-  for (const type of ["pointerdown", "keydown"]) {
+  /** Show or hide every speaking player's "tap to turn on sound" button. */
+  function muted() {
+    const off = !context || context.state !== "running";
+    for (const player of players.values()) player.muted(off && player.opened && !player.stopped && !player.played);
+  }
+
+  // Activation-triggering events (HTML spec): a touch screen's tap activates on pointerup,
+  // touchend and click, a mouse already on pointerdown.
+  for (const type of ["pointerdown", "pointerup", "touchend", "click", "keydown"]) {
     document.addEventListener(type, () => { audio(); }, { capture: true, passive: true });
   }
 
@@ -67,6 +88,8 @@
     constructor(name, element, server) {
       this.name = name;
       this.line = element.querySelector(".omni-speech-line");
+      this.unmute = element.querySelector(".omni-speech-unmute");
+      if (this.unmute) this.unmute.addEventListener("click", () => { audio(); });
       this.server = server;
       this.node = null;
       this.queue = Promise.resolve();
@@ -83,6 +106,8 @@
       this.asking = false;
       this.opened = false;
       this.ended = false;
+      /** Playback of this reply finished (done or stopped). */
+      this.played = false;
       this.turnEnd = null;
       this.started = null;
       /** The current reply's speech as received (Int16Array pieces): what the WAV must equal. */
@@ -115,6 +140,7 @@
       if (head.speak) {
         this.opened = true;
         this.send({ type: "begin", reply: head.reply });
+        muted();
       }
     }
 
@@ -174,7 +200,7 @@
       if (!this.node) {
         this.node = new AudioWorkletNode(ctx, "omni-speech-playout",
           { numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1] });
-        this.node.connect(ctx.destination);
+        this.node.connect(output);
         this.node.port.onmessage = (event) => this.event(event.data);
       }
       return this.node.port;
@@ -193,6 +219,8 @@
       } else if (ev.type === "gap") {
         this.show(`🔊 speaking · paused ${seconds(ev.seconds)} waiting for speech`);
       } else if (ev.type === "done" || ev.type === "stopped") {
+        this.played = true;
+        muted();
         const parts = [ev.type === "done" ? "🔊 played" : "⏹ stopped"];
         if (this.started) {
           parts.push(`heard ${seconds((this.started.at - this.turnEnd) / 1000)} after your turn ended`);
@@ -206,6 +234,15 @@
 
     show(text) {
       if (this.line) this.line.textContent = text;
+    }
+
+    muted(on) {
+      if (this.unmute) this.unmute.hidden = !on;
+    }
+
+    /** A spoken reply is on its way or sounding (not yet played to its end or stopped). */
+    sounding() {
+      return Boolean(this.opened && !this.stopped && !this.played);
     }
   }
 
@@ -226,7 +263,14 @@
     stopAll() {
       for (const player of players.values()) player.stop();
     },
+    /** The name of the player whose reply is on its way or sounding, or null. */
+    sounding() {
+      for (const player of players.values()) if (player.sounding()) return player.name;
+      return null;
+    },
     context: () => context,
+    /** What the players send to the speakers (created with the context). */
+    output: () => output,
     open: audio,
   };
 })();
