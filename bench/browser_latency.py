@@ -11,9 +11,10 @@ through one) reports when sound really starts and stops. For each turn in the vo
 tab it measures:
   speech end -> first sound   what the user waits for,
   gap                         seconds of silence inside the reply after it started,
-and splits the wait into the turn detection (speech end -> the app's "turn ended" log
-line), the server (-> "first audio chunk sent") and the browser (-> first sound; for the
-Web Audio player also the start delay it chose to keep the reply gap-free). It
+and splits the wait into the turn reaching the server (speech end -> the app's "turn
+received" log line; the page detects the turn, with the end-of-turn pause in it), the
+server (-> "first audio chunk sent") and the browser (-> first sound; for the Web Audio
+player also the start delay it chose to keep the reply gap-free). It
 prints each turn, the median and worst, and a last line
 `speech_end_to_sound_s=... gap_s=...` (medians). Numbers from a shared machine are noisy.
 """
@@ -77,6 +78,11 @@ def log_times(log: Path, what: str) -> list[float]:
     return [float(t) for t in re.findall(rf"{what} at ([0-9.]+)", log.read_text())]
 
 
+#: The app's log line when a spoken turn reaches the server ("turn ended" in older apps,
+#: whose server detected the turn itself).
+TURN = "turn (?:received|ended)"
+
+
 def sound_spans(changes: list[dict], start: float, end: float) -> list[tuple[float, float]]:
     """Stretches of sound (epoch s) from the tap's changes, clipped to [start, end]."""
     spans, since = [], None
@@ -93,11 +99,14 @@ def sound_spans(changes: list[dict], start: float, end: float) -> list[tuple[flo
 
 
 def start_microphone(page, tries: int = 4) -> None:
-    """Press Record until the microphone streams (a Record pressed before gradio's recorder
-    has loaded shows Stop but records nothing: it is stopped and pressed again)."""
+    """Start listening: the page's own listener (Start listening), or, in an older app whose
+    microphone streams to the server, press Record until it streams."""
     from playwright.sync_api import TimeoutError
 
-    # The live microphone (the old app had one in the voice chat tab).
+    if page.locator("#listen-toggle").count():
+        page.locator("#listen-toggle").click()
+        page.wait_for_function("() => OmniListen.listening()", timeout=60000)
+        return
     mic = page.locator("#live-mic, #voice-mic").first
     for _ in range(tries):
         try:
@@ -133,10 +142,10 @@ def run_turns(url: str, log: Path, workdir: Path, turns: int, timeout_s: float) 
         start_microphone(page)
         time.sleep(1.0)
         for k, wav in enumerate(said_wavs):
-            decided = len(log_times(log, "turn ended"))
+            decided = len(log_times(log, TURN))
             said = page.evaluate("(b) => window.__probe.say(b)", wav)
             deadline = time.time() + timeout_s
-            while len(log_times(log, "turn ended")) <= decided and time.time() < deadline:
+            while len(log_times(log, TURN)) <= decided and time.time() < deadline:
                 time.sleep(0.2)
             # The reply is over when the page has been silent for 3 s after some sound (and an
             # <audio> element that played has ended: gradio's player may stall longer).
@@ -156,7 +165,7 @@ def run_turns(url: str, log: Path, workdir: Path, turns: int, timeout_s: float) 
                 continue
             changes = page.evaluate("window.__probe.sound")
             spans = sound_spans(changes, said["speechEnd"] / 1000, heard_end)
-            decision = [t for t in log_times(log, "turn ended")][decided]
+            decision = [t for t in log_times(log, TURN)][decided]
             sent = [t for t in log_times(log, "first audio chunk sent") if t > decision]
             first_sound = spans[0][0]
             gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False) if b[0] - a[1] >= MIN_GAP_S]
@@ -172,7 +181,7 @@ def run_turns(url: str, log: Path, workdir: Path, turns: int, timeout_s: float) 
                          "heard": sum(b - a for a, b in spans)})
             row = rows[-1]
             chosen = f", of which start delay {delay:.2f} at {row['rate']:.2f}x real time" if start else ""
-            print(f"turn {k + 1}: speech end -> first sound {row['wait']:.2f} s (turn detection {row['vad']:.2f} + "
+            print(f"turn {k + 1}: speech end -> first sound {row['wait']:.2f} s (turn to server {row['vad']:.2f} + "
                   f"server {row['server']:.2f} + browser {row['browser']:.2f}{chosen}); {row['heard']:.2f} s heard, "
                   f"gap {row['gap']:.2f} s in {row['gaps']} stretch(es)", flush=True)
             time.sleep(1.0)
@@ -211,7 +220,7 @@ def main(argv=None) -> int:
 
     print(f"\n{args.app_dir.resolve().name}: {len(rows)} turns")
     print(f"  speech end -> first sound  {stat('wait')}")
-    print(f"    turn detection           {stat('vad')}")
+    print(f"    turn to the server       {stat('vad')} (the end-of-turn pause is in it)")
     print(f"    server, to first audio   {stat('server')}")
     print(f"    browser, to first sound  {stat('browser')}")
     print(f"      of it, start delay     {stat('delay')} (chosen by the player from the production rate)")

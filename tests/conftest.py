@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_kit import browser, page, questions  # noqa: F401, E402  (the browser tests' fixtures)
 
 import omni_app  # noqa: F401  (first: it sets up the model thread's BLAS threads before torch loads)
 

@@ -116,11 +116,12 @@ class PageListener:
                 f"<script>{page_script()}</script>")
         with gr.Row(equal_height=True):
             # The event names must appear quoted here for gradio to offer them as listeners.
+            # min_width: on a phone the two stack instead of squeezing side by side.
             self.html = gr.HTML("", html_template=TEMPLATE, css_template=CSS, head=head, elem_id="live-listen",
-                                scale=3, padding=False,
+                                scale=3, min_width=320, padding=False,
                                 js_on_load=f"/* 'voice_turn' 'video_turn' 'barge' */ "
                                            f"OmniListen.attach(element, trigger, {json.dumps(config)});")
-            self.silence = gr.Slider(low, high, value=options.min_silence_ms, step=50, scale=2,
+            self.silence = gr.Slider(low, high, value=options.min_silence_ms, step=50, scale=2, min_width=320,
                                      label="Pause that ends your turn (ms)", elem_id="live-pause",
                                      info="Shorter answers sooner; longer lets you pause mid-sentence.")
         self.silence.change(None, inputs=[self.silence], js="(ms) => { OmniListen.setPause(ms); }")

@@ -24,7 +24,8 @@ TEMPLATE = ('<div class="omni-speech"><button class="omni-speech-unmute" type="b
             '🔇 Tap to turn on sound</button><span class="omni-speech-line" aria-live="polite"></span></div>')
 CSS = (".omni-speech { min-height: 1.4em; font-size: var(--text-sm); color: var(--body-text-color-subdued); }\n"
        ".omni-speech-unmute { margin-right: 0.6em; padding: 0.3em 0.8em; border-radius: 6px; font-weight: 600;"
-       " background: var(--button-primary-background-fill); color: var(--button-primary-text-color); }")
+       " background: var(--button-primary-background-fill); color: var(--button-primary-text-color); }\n"
+       ".omni-speech-unmute[hidden] { display: none; }")
 
 
 @functools.cache

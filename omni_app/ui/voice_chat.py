@@ -29,7 +29,10 @@ def build(app: AppContext, gpu_queue: str, live: PageListener) -> tuple[SessionS
             with gr.Accordion("Push to talk", open=False):
                 recording = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Record, then send")
                 send_recording = gr.Button("Send recording")
-            text = gr.Textbox(label="Or type", placeholder="Type a message and press Enter", elem_id="voice-text")
+            with gr.Row(equal_height=True):
+                text = gr.Textbox(label="Or type", placeholder="Type a message and press Enter", elem_id="voice-text",
+                                  scale=4)
+                send = gr.Button("Send", elem_id="voice-send", scale=1, min_width=80)
             voice, speak, stop, clear = reply_controls("voice", app.backend.voices())
             stamp = turn_stamp()
 
@@ -70,9 +73,11 @@ def build(app: AppContext, gpu_queue: str, live: PageListener) -> tuple[SessionS
     outputs = [chat, speech, status, replay]
     common = dict(outputs=outputs, concurrency_limit=1, concurrency_id=gpu_queue, show_progress_on=[chat])
     by_voice = turn(reply_to_turn, inputs=[voice, speak], api_visibility="private", **common)
-    by_text = text.submit(reply_to_text, inputs=[text, voice, speak, stamp], js=STAMP_JS, api_name="voice_chat_text",
-                          **common)
-    text.submit(lambda: "", outputs=[text], queue=False, api_visibility="private")
+    # Enter or a tap on Send (not every phone keyboard has an Enter to press).
+    typed = [text.submit, send.click]
+    by_text = gr.on(typed, reply_to_text, inputs=[text, voice, speak, stamp], js=STAMP_JS, api_name="voice_chat_text",
+                    **common)
+    gr.on(typed, lambda: "", outputs=[text], queue=False, api_visibility="private")
     by_recording = send_recording.click(reply_to_recording, inputs=[recording, voice, speak, stamp], js=STAMP_JS,
                                         api_name="voice_chat_recording", **common)
     stop.click(on_stop, js=stop_js("voice"), queue=False, cancels=[by_voice, by_text, by_recording],

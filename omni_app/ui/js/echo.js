@@ -5,10 +5,7 @@
  * Input 0 is the microphone, input 1 what the players send to the speakers (the
  * reference), both on the same clock. Per 10 ms frame it compares the microphone's level
  * with the echo the reference predicts: the room's delay and coupling are learnt from the
- * last seconds of playback (the delay whose reference envelope best matches the
- * microphone's, and the median ratio of the two at that delay; a median is not moved by a
- * person who talks over the reply for less than half of the time), and the echo's tail
- * decays like a room's. A frame is "near" when the microphone is clearly louder than that
+ * last seconds of playback (learn()), and the echo's tail decays like a room's. A frame is "near" when the microphone is clearly louder than that
  * prediction: the person is speaking. This holds where the browser's echo canceller
  * removes nothing; where it does, the learnt coupling is just small.
  *
@@ -21,6 +18,7 @@ const HISTORY = 300; // frames the coupling is learnt from (3 s)
 const ACTIVE = 0.01; // reference RMS above which a frame counts as played sound (-40 dBFS)
 const FLOOR = 0.004; // microphone RMS below which nothing counts as speech (-48 dBFS)
 const MARGIN = 2; // the person must be this much (6 dB) above the predicted echo
+const SPREAD = 4; // frames either side of the learnt delay (jitter of the capture and play-out paths)
 const TAIL = 0.82; // the predicted echo decays at most this much per frame (about 0.4 s to -60 dB)
 const UNKNOWN_COUPLING = 1; // before anything is learnt: as loud as what is played
 
@@ -34,7 +32,8 @@ class OmniEchoGuard extends AudioWorkletProcessor {
     this.mic = new Float32Array(HISTORY + MAX_DELAY);
     this.ref = new Float32Array(HISTORY + MAX_DELAY);
     this.count = 0; // frames seen
-    this.delay = -1; // learnt delay in frames (-1: not yet)
+    this.delay = -1; // learnt delay in frames (-1: none)
+    this.span = [0, MAX_DELAY]; // the reference frames the echo may come from
     this.coupling = UNKNOWN_COUPLING;
     this.predicted = 0;
   }
@@ -43,7 +42,21 @@ class OmniEchoGuard extends AudioWorkletProcessor {
     return history[(this.count - 1 - back + history.length * 4) % history.length];
   }
 
-  /** Learn delay and coupling from the frames where the reference was sounding. */
+  /** The loudest reference `from`..`to` frames before frame `back`. */
+  window(back, from, to) {
+    let level = 0;
+    for (let d = from; d <= to; d++) level = Math.max(level, this.at(this.ref, back + d));
+    return level;
+  }
+
+  /**
+   * Learn the echo path from the frames where the reference was sounding: the delay whose
+   * reference envelope best follows the microphone's, and the median ratio at it. Without
+   * such a delay (no echo at all, or no clear one yet) the coupling is a high percentile of
+   * the ratio of the microphone to the loudest reference that could have reached it: near
+   * zero with headphones, so the person is heard over the reply from the start. A median is not moved
+   * by a person who talks over the reply for less than half of the time.
+   */
   learn() {
     const n = Math.min(HISTORY, this.count - MAX_DELAY);
     if (n < 50) return;
@@ -62,15 +75,19 @@ class OmniEchoGuard extends AudioWorkletProcessor {
       const score = cov / Math.sqrt(Math.max(1e-12, (sxx - (sx * sx) / k) * (syy - (sy * sy) / k)));
       if (score > bestScore) { bestScore = score; best = d; }
     }
-    if (best < 0) return;
     const ratios = [];
     for (let i = 0; i < n; i++) {
-      const r = this.at(this.ref, i + best);
+      const r = best < 0 ? this.window(i, 0, MAX_DELAY) : this.at(this.ref, i + best);
       if (r >= ACTIVE) ratios.push(this.at(this.mic, i) / r);
     }
+    if (ratios.length < 50) return;
     ratios.sort((a, b) => a - b);
     this.delay = best;
-    this.coupling = Math.min(4, Math.max(0.001, ratios[ratios.length >> 1]));
+    this.span = best < 0 ? [0, MAX_DELAY] : [Math.max(0, best - SPREAD), best + SPREAD];
+    // At a known delay the median ratio is the coupling; without one, the ratio to the loudest
+    // reference is below the coupling whenever the reference varies: its 90th percentile.
+    const rank = best < 0 ? Math.floor(ratios.length * 0.9) : ratios.length >> 1;
+    this.coupling = Math.min(4, Math.max(0.001, ratios[rank]));
   }
 
   frame(micLevel, refLevel) {
@@ -78,10 +95,9 @@ class OmniEchoGuard extends AudioWorkletProcessor {
     this.ref[this.count % this.ref.length] = refLevel;
     this.count++;
     if (this.count % 10 === 0) this.learn();
-    // The echo now: the reference around the learnt delay (any delay before one is learnt).
-    const [from, to] = this.delay < 0 ? [0, MAX_DELAY] : [Math.max(0, this.delay - 2), this.delay + 2];
-    let reference = 0;
-    for (let d = from; d <= Math.min(to, this.count - 1); d++) reference = Math.max(reference, this.at(this.ref, d));
+    // The echo now: the reference around the learnt delay (any delay while none is learnt).
+    const [from, to] = this.span;
+    const reference = this.window(0, from, Math.min(to, this.count - 1));
     this.predicted = Math.max(this.coupling * reference, this.predicted * TAIL);
     const near = micLevel > FLOOR && micLevel > MARGIN * this.predicted;
     this.port.postMessage({ time: currentTime, near, echo: this.predicted > FLOOR / MARGIN });
