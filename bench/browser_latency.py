@@ -98,7 +98,7 @@ def sound_spans(changes: list[dict], start: float, end: float) -> list[tuple[flo
     return [(max(a, start), min(b, end)) for a, b in spans if b > start and a < end]
 
 
-def start_microphone(page, tries: int = 4) -> None:
+def start_microphone(page, tries: int = 8) -> None:
     """Start listening: the page's own listener (Start listening), or, in an older app whose
     microphone streams to the server, press Record until it streams."""
     from playwright.sync_api import TimeoutError

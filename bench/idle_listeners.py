@@ -51,13 +51,18 @@ def main(argv=None) -> int:
                     args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                           "--disable-background-networking", "--autoplay-policy=no-user-gesture-required",
                           "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
-                requests: list[float] = []
+                requests: list[str] = []
                 pages = []
                 for _ in range(args.pages):
                     context = browser.new_context()  # a browser session each
                     context.add_init_script(PROBE.read_text())
-                    context.on("request", lambda r: requests.append(time.time()) if r.url.startswith(url) else None)
                     page = context.new_page()
+                    # The DevTools protocol sees every request the page makes (uploads included).
+                    network = context.new_cdp_session(page)
+                    network.send("Network.enable")
+                    network.on("Network.requestWillBeSent",
+                               lambda e: requests.append(e["request"]["url"]) if e["request"]["url"].startswith(url)
+                               else None)
                     page.goto(url)
                     page.wait_for_selector("#voice-chat", timeout=120000)
                     start_microphone(page)
@@ -68,6 +73,8 @@ def main(argv=None) -> int:
                 used = cpu_seconds(process.pid) - before
                 elapsed = time.time() - since
                 sent = len(requests) - counted
+                if os.environ.get("SHOW_REQUESTS"):
+                    print(*sorted(set(u.split("?")[0] for u in requests[counted:]))[:10], sep="\n")
                 lines_before = len(log.read_text().splitlines())
                 for context, _ in pages:
                     context.close()

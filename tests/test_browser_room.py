@@ -18,6 +18,7 @@ import io
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,10 @@ def test_the_page_asks_for_a_clean_microphone_and_is_quiet_between_turns(listeni
     listening.wait_for_timeout(5000)
     sent = [u for u in browser.requests[before:] if u.startswith(live_app.url)]
     assert sent == [], f"a listening page talked to the server between turns: {sent}"
+    logged = len(live_app.log.read_text().splitlines())
+    listening.close()  # a listening tab closes
+    time.sleep(3)
+    assert "Traceback" not in "\n".join(live_app.log.read_text().splitlines()[logged:])
 
 
 def test_a_minute_of_room_noise_starts_no_turn(listening):
@@ -279,3 +284,19 @@ def test_on_a_phone_sound_held_back_comes_with_the_next_tap(phone, live_app):
     page.wait_for_function("() => OmniSpeech.context().state === 'running'", timeout=10000)
     unmute.wait_for(state="hidden", timeout=10000)
     page.wait_for_function("() => __probe.sound.some((s) => s.loud)", timeout=WAIT_MS)
+
+
+def test_in_front_of_a_model_server_the_app_hears_turns_without_torch(browser, remote_app):
+    # The page detects turns itself: the app process in front of a model server never loads
+    # torch, not even for a spoken turn (it used to, for voice activity detection).
+    page = browser.new_page()
+    page.goto(remote_app.url)
+    page.wait_for_selector("#voice-chat", timeout=60000)
+    start_listening(page)
+    say(page, wav_b64(espeak("What is the weather like today?")))
+    page.wait_for_function("() => OmniSpeech.players.get('voice').events.some((e) => e.type === 'done')",
+                           timeout=WAIT_MS)
+    assert len(listener_log(page, "turn")) == 1
+    loaded = Path(f"/proc/{remote_app.process.pid}/maps").read_text()
+    assert "libtorch" not in loaded and "torch/lib" not in loaded
+    page.close()

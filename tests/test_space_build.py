@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from omni_app.errors import RequestError
+from omni_app import web_modules
+from omni_app.errors import OmniError, RequestError
 from omni_app.space.build import ZERO_GPU_TORCH, build_space
 from omni_app.space.push import push_space
 
@@ -106,7 +107,8 @@ def test_the_folder_holds_the_app_and_nothing_else(tmp_path, kind):
     top = {"README.md", "app.py", "Spacefile", "requirements.txt", "packages.txt"}
     for name in files:
         code = name.startswith("omni_app/") and name.endswith((".py", ".js"))
-        assert name in top or code or name.startswith("assets/"), name
+        page = name.removeprefix("node_modules/") in web_modules.FILES  # what the page runs itself
+        assert name in top or code or page or name.startswith("assets/"), name
         assert not re.search(r"(^|/)(tests?|bench|scripts|__pycache__|\.cache)(/|$)|test_|conftest|\.pyc$", name), name
     assert top <= set(files) and "omni_app/space/runtime.py" in files
     assert "omni_app/ui/js/player.js" in files  # the page's speech player goes with the app
@@ -114,6 +116,10 @@ def test_the_folder_holds_the_app_and_nothing_else(tmp_path, kind):
     # The example images go with the image tab only.
     tabs = yaml.safe_load((folder / "Spacefile").read_text())["tabs"]
     assert any(f.startswith("assets/") for f in files) == ("image" in tabs)
+    # The page's voice detection goes with the chat tabs, all of it (no CDN at run time).
+    listens = bool({"voice", "video"} & set(tabs))
+    assert {f for f in files if f.startswith("node_modules/")} == (
+        {f"node_modules/{name}" for name in web_modules.FILES} if listens else set())
 
 
 def test_a_build_replaces_an_earlier_one_but_no_other_folder(tmp_path):
@@ -208,3 +214,11 @@ def test_the_built_cpu_space_answers_a_typed_question(tmp_path):
     assert job.outputs()[-1][3]["url"]
     log = (tmp_path / "space.log").read_text()
     assert "loading tiny on cpu" in log and "Traceback" not in log
+
+
+def test_missing_page_packages_are_named_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNI_APP_WEB_MODULES", str(tmp_path))
+    with pytest.raises(OmniError, match=r"voice detection files are missing \(6 of 6.*run scripts/setup.sh"):
+        web_modules.check_installed()
+    with pytest.raises(OmniError, match="run scripts/setup.sh"):
+        build_space(tmp_path / "space")  # the default Spacefile has the chat tabs
