@@ -1,9 +1,11 @@
-"""Turn-taking from a live microphone: voice activity detection with silero-vad, on the CPU.
+"""Turn-taking on the server: voice activity detection with silero-vad, on the CPU.
 
-Feed the microphone's chunks as they come (any sample rate, any length); the detector
-says when the user starts speaking (for barge-in) and hands over the whole utterance,
-16 kHz mono float32, once they pause. One detector per browser session: silero's model
-keeps state between windows.
+The web page detects turns itself (ui/js/listen.js); this is for a stream of raw audio
+that reaches the server (and for bench/vad_pauses.py, which picks the default pause).
+Feed the chunks as they come (any sample rate, any length); the detector says when the
+person starts speaking (for barge-in) and hands over the whole utterance, 16 kHz mono
+float32, once they pause. One detector per stream: silero's model keeps state between
+windows. :class:`VadOptions` is also the page's end-of-turn setting.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1)
                 if tab_id not in tabs:
                     continue
                 with gr.Tab(title, id=tab_id) as shown[tab_id]:
-                    chat_tab = tab_id in ("voice", "video")  # they hear the live microphone
+                    chat_tab = tab_id in ("voice", "video")  # the page's listener sends them its turns
                     _, picker = module.build(app, GPU_QUEUE, live) if chat_tab else module.build(app, GPU_QUEUE)
                     pickers.append(picker)
             if "tts" in tabs:
