@@ -260,7 +260,7 @@ def test_stopping_a_replica_mid_run_fails_its_replies_clearly_and_the_others_fin
     assert ask(remote, "Still there?", 1)[-1].reason in ("finished", "length")
 
 
-def test_the_serve_config_file_builds_the_application():
+def test_the_serve_config_file_builds_the_application(monkeypatch):
     from ray.serve.schema import ServeDeploySchema
 
     from omni_app.scale.deployment import build
@@ -272,7 +272,14 @@ def test_the_serve_config_file_builds_the_application():
     replica, settings, scale = parse_args(app.args)
     assert replica.model == "Qwen/Qwen2.5-Omni-7B" and scale.gpus_per_replica == 1
     assert scale.autoscaling and scale.max_replicas >= 2 and settings.max_active >= scale.max_replicas
-    assert build(app.args) is not None  # the builder takes the file's arguments
+    built = build(app.args)  # the builder takes the file's arguments
+    assert isinstance(built, ray.serve.Application)
+    # The file's example key is refused where it takes effect (the replicas' environment).
+    monkeypatch.setenv("OMNI_APP_API_KEY", config["applications"][0]["runtime_env"]["env_vars"]["OMNI_APP_API_KEY"])
+    with pytest.raises(RequestError, match="still the example"):
+        build(app.args)
+    monkeypatch.setenv("OMNI_APP_API_KEY", "a-secret-of-our-own")
+    assert parse_args(app.args)[1].api_key == "a-secret-of-our-own"
 
 
 def test_bad_scale_options_are_refused_before_ray_starts(capsys):

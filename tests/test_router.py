@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata  # noqa: E402
 from ray.serve.request_router import PendingRequest  # noqa: E402

@@ -58,6 +58,10 @@ ARGS = {
 }
 
 
+#: The placeholder key deploy/ray-serve.yaml ships with: refused, so no cluster runs with a known key.
+EXAMPLE_API_KEY = "change-me"
+
+
 def parse_args(args: dict | None) -> tuple[ReplicaConfig, ServerSettings, ScaleSettings]:
     """What each replica loads, what the endpoint accepts, how many replicas: from the builder's ``args``."""
     args = dict(args or {})
@@ -65,6 +69,10 @@ def parse_args(args: dict | None) -> tuple[ReplicaConfig, ServerSettings, ScaleS
     if unknown:
         raise RequestError(f"Unknown argument(s) {', '.join(unknown)}; known: {', '.join(ARGS)}.")
     value = {**ARGS, **args}
+    api_key = value["api_key"] or os.environ.get("OMNI_APP_API_KEY") or None
+    if api_key == EXAMPLE_API_KEY:
+        raise RequestError(f'The API key is still the example "{EXAMPLE_API_KEY}" of deploy/ray-serve.yaml: '
+                           "put a secret of your own in OMNI_APP_API_KEY there (anyone could use this one).")
     number = _Numbers(value)
     voices_dir = value["voices_dir"]
     replica = ReplicaConfig(model=str(value["model"]), device=str(value["device"]), dtype=str(value["dtype"]),
@@ -76,7 +84,7 @@ def parse_args(args: dict | None) -> tuple[ReplicaConfig, ServerSettings, ScaleS
     settings = ServerSettings(
         limits=GenerationLimits(max_new_tokens=number.whole("max_new_tokens"),
                                 max_speech_seconds=number.real("max_speech_seconds")),
-        media=MediaLimits(), api_key=value["api_key"] or os.environ.get("OMNI_APP_API_KEY") or None,
+        media=MediaLimits(), api_key=api_key,
         max_active=number.whole("max_active"), max_body_bytes=None if max_body is None else int(max_body * 1e6),
     )
     scale = ScaleSettings(replicas=number.whole("replicas"), min_replicas=number.whole("min_replicas"),
