@@ -86,14 +86,32 @@ def test_clear_releases_the_conversations_cache(app):
 
 
 def test_the_least_recently_used_sessions_go_and_release_their_chats():
-    ended = []
-    sessions = Sessions(limit=3, on_end=ended.append)
+    ended, left = [], []
+    sessions = Sessions(limit=3, on_end=ended.append, on_leave=left.append)
     for name in "abcde":
         sessions.chat(gr.Request(session_hash=name), "voice")
-    assert len(sessions) == 3 and ended == ["voice:a", "voice:b"]
+    assert sessions.settle(10)  # evicted sessions are released off the request's thread
+    assert len(sessions) == 3 and ended == ["voice:a", "voice:b"] and left == ["a", "b"]
     sessions.chat(gr.Request(session_hash="c"), "video")
     sessions.drop(gr.Request(session_hash="c"))
-    assert sorted(ended[2:]) == ["video:c", "voice:c"] and len(sessions) == 2
+    assert sorted(ended[2:]) == ["video:c", "voice:c"] and left[2:] == ["c"] and len(sessions) == 2
+
+
+def test_an_evicted_session_takes_its_speech_files_with_it(app):
+    context, fns = app
+    limit = context.sessions.limit
+    try:
+        first, second = gr.Request(session_hash="wav-first"), gr.Request(session_hash="wav-second")
+        list(fns["reply_to_text"]("Say something", "Chelsie", True, first))
+        kept = context.speech.files("wav-first")
+        assert kept and all(path.is_file() for path in kept)
+        context.sessions.limit = 1
+        list(fns["reply_to_text"]("Say more", "Chelsie", True, second))  # the first one is evicted
+        assert context.sessions.settle(10)
+        assert context.speech.files("wav-first") == [] and not any(path.exists() for path in kept)
+        assert context.speech.files("wav-second")
+    finally:
+        context.sessions.limit = limit
 
 
 def test_the_webcam_buffer_keeps_frames_at_the_models_resolution(app):

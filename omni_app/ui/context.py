@@ -39,7 +39,7 @@ class AppContext:
         self.speech = SpeechStore()
         #: Every browser session's chats, voices and last reply; what the backend keeps for
         #: a chat is released when its session goes (and on Clear).
-        self.sessions = Sessions(MAX_SESSIONS, on_end=backend.end_session)
+        self.sessions = Sessions(MAX_SESSIONS, on_end=backend.end_session, on_leave=self.speech.drop_session)
 
     @property
     def info(self):

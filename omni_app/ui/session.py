@@ -95,12 +95,31 @@ def session_key(request) -> str:
 class Sessions:
     """All browser sessions, least recently used first, at most ``limit``."""
 
-    def __init__(self, limit: int = 500, on_end: Callable[[str], None] | None = None) -> None:
+    def __init__(self, limit: int = 500, on_end: Callable[[str], None] | None = None,
+                 on_leave: Callable[[str], None] | None = None) -> None:
         self.limit = limit
         #: Called with a chat's key when its conversation ends (``Backend.end_session``).
         self.on_end = on_end
+        #: Called with a browser session's key when it leaves, unloaded or evicted (its files go).
+        self.on_leave = on_leave
         self._sessions: OrderedDict[str, BrowserSession] = OrderedDict()
         self._lock = threading.Lock()
+        self._leaving: list[threading.Thread] = []
+
+    def _leave(self, sessions: list[BrowserSession]) -> None:
+        for session in sessions:
+            session.end()
+            if self.on_leave is not None:
+                self.on_leave(session.key)
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait (at most ``timeout`` seconds) until evicted sessions have released what they held."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            leaving = list(self._leaving)
+        for thread in leaving:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in leaving)
 
     def get(self, request) -> BrowserSession:
         """The request's session (created if new), now the most recently used."""
@@ -115,7 +134,10 @@ class Sessions:
             self._sessions.move_to_end(key)
         if evicted:
             # Ending tells the backend (an HTTP call to a model server): not in this user's request.
-            threading.Thread(target=lambda: [old.end() for old in evicted], daemon=True).start()
+            thread = threading.Thread(target=self._leave, args=(evicted,), daemon=True)
+            with self._lock:
+                self._leaving = [t for t in self._leaving if t.is_alive()] + [thread]
+            thread.start()
         return session
 
     def find(self, request) -> BrowserSession | None:
@@ -135,7 +157,7 @@ class Sessions:
         with self._lock:
             session = self._sessions.pop(session_key(request), None)
         if session is not None:
-            session.end()
+            self._leave([session])
 
     def tab(self, name: str) -> SessionStore:
         """The chats of one tab."""
