@@ -349,3 +349,42 @@ def test_voice_cloning_shows_its_place_while_waiting_and_stop_ends_the_wait(serv
         holding.close()
         context.speech.close()
     assert "stopped" in rest[-1][1] and rest[-1][2] is None  # ended without speech, nothing to replay
+
+
+def test_clear_stop_and_new_turns_from_several_threads_leave_a_whole_chat(app):
+    # The reply's thread and the person's Clear, Stop and next turn all write one chat.
+    import random
+    import threading
+
+    errors: list[BaseException] = []
+    request = session("hammer")
+
+    def guarded(work):
+        def run():
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - every failure is the finding
+                errors.append(exc)
+        return threading.Thread(target=run)
+
+    def talk(name):
+        for k in range(6):
+            for _ in app["reply_to_text"](f"{name} {k}", "Chelsie", False, request):
+                time.sleep(random.uniform(0, 0.01))
+
+    def press(handler, times):
+        for _ in range(times):
+            time.sleep(random.uniform(0, 0.05))
+            handler(request)
+
+    threads = [guarded(lambda: talk("first")), guarded(lambda: talk("second")),
+               guarded(lambda: press(app["on_clear"], 40)), guarded(lambda: press(app["on_stop"], 40))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    assert errors == []
+    chats, _, _ = collect(app["reply_to_text"]("Last", "Chelsie", False, request))
+    roles = [m["role"] for m in chats[-1]]
+    assert roles == ["user", "assistant"] * (len(roles) // 2) and chats[-1][-2]["content"] == "Last"

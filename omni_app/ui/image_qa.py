@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..conversation import AudioPart, Conversation, ImagePart
+from ..conversation import AudioPart, ImagePart
 from ..errors import RequestError
 from ..media import audio_from_array, load_image
 from .context import AppContext
@@ -63,7 +63,7 @@ def build(app: AppContext, gpu_queue: str) -> tuple[SessionStore, gr.Dropdown]:
             parts.append(text.strip())
         session = sessions.get(request)
         # Each question is about the image shown now: the conversation restarts with it.
-        session.conversation = Conversation()
+        session.restart()
         shown = ("(image) " + text.strip()) if has_text else "(image, spoken question)"
         chosen = app.resolve_voice(voice_name, request) if speak_on else None
         yield from run_reply(app, session, parts, shown, chosen, request, TurnEnd.from_browser(sent_at))

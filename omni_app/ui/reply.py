@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..api import CancelToken, Request
+from ..api import Request
 from ..conversation import Part
 from ..errors import OmniError
 from ..events import AudioChunk, Done, Notice, Stats, TextDelta
@@ -102,20 +102,23 @@ def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: s
     sends differences), so the speech player sees each chunk exactly once.
     """
     turn = turn or TurnEnd.now()
-    conversation = session.conversation.add_user(*parts)
-    session.cancel_reply()  # a newer turn replaces a reply still running (barge-in)
-    cancel = CancelToken()
-    session.cancel = cancel
+    # A newer turn replaces a reply still running (barge-in); Clear or a newer turn takes the
+    # chat over from this one, whose writes are then dropped (ChatSession.write).
+    asked = {"role": "user", "content": shown}
+    cancel, history, before = session.take_over([asked, {"role": "assistant", "content": ""}])
+    conversation = history.add_user(*parts)
     speech = app.speech.new_reply(voice is not None, turn.for_page(), app.limits.max_speech_seconds)
+    messages = before + [asked, {"role": "assistant", "content": ""}]
 
     def current() -> bool:
-        # False once Clear (or a newer turn) took the session over: stop writing into it.
-        return session.cancel is cancel
+        return session.owns(cancel)
 
-    before = list(session.messages)
-    session.messages = before + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
+    def answer(content: str) -> bool:
+        messages[-1] = {"role": "assistant", "content": content}
+        return session.write(cancel, messages)
+
     status = "Thinking…"
-    yield list(session.messages), speech.value, status, None
+    yield list(messages), speech.value, status, None
     text = ""
     requested = time.monotonic()
     log.info("reply started at %.3f", time.time())
@@ -126,14 +129,15 @@ def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: s
                 return
             if isinstance(event, Notice) and event.queue_position is not None:
                 status = f"⏳ {event.message}"  # still waiting for the model: nothing is made yet
-                yield list(session.messages), speech.value, status, None
+                yield list(messages), speech.value, status, None
                 continue
             if status.startswith("⏳"):
                 status = "Thinking…"
             speech.start()
             if isinstance(event, TextDelta):
                 text += event.text
-                session.messages[-1] = {"role": "assistant", "content": text}
+                if not answer(text):
+                    return
             elif isinstance(event, AudioChunk):
                 if not speech.chunks:
                     log.info("first audio chunk sent at %.3f", time.time())
@@ -142,23 +146,20 @@ def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: s
                 gr.Warning(event.message)
                 continue
             elif isinstance(event, Done):
-                if not text:
-                    session.messages[-1] = {"role": "assistant", "content": "…"}
-                session.conversation = conversation.add_assistant(text)
+                if not answer(text or "…") or not session.write(cancel, conversation=conversation.add_assistant(text)):
+                    return
                 app.remember(request, LastReply(conversation, event))
                 status = format_status(event, requested - turn.at)
                 speech.finish()
                 # A chat's key is "tab:browser session" (see Sessions.chat).
                 tab, _, browser = session.key.partition(":")
                 wav = app.speech.save_wav(browser, tab, speech)
-                yield list(session.messages), speech.value, status, wav
+                yield list(messages), speech.value, status, wav
                 continue
-            yield list(session.messages), speech.value, status, None
+            yield list(messages), speech.value, status, None
     except Exception as exc:
-        if current():
-            session.messages = before
+        session.write(cancel, before)
         yield before, speech.finish(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The reply failed.", None
         raise
     finally:
-        if current():
-            session.cancel = None
+        session.release(cancel)

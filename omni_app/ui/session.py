@@ -39,9 +39,14 @@ class ChatSession:
     #: Called with ``key`` when the conversation ends (Clear, or the session goes away).
     on_end: Callable[[str], None] | None = None
 
+    # The chat has two writers, the reply's thread and the person (Clear, Stop, a new turn):
+    # every change goes through these methods, under ``lock``. A reply owns the chat through
+    # its cancel token; once Clear or a newer reply took it over, its writes are dropped.
+
     def cancel_reply(self) -> None:
         """Stop the reply being generated, if any."""
-        cancel = self.cancel  # read once: the reply may clear it at any moment
+        with self.lock:
+            cancel = self.cancel
         if cancel is not None:
             cancel.cancel()
 
@@ -49,14 +54,54 @@ class ChatSession:
         """The user's Stop: end the reply."""
         self.cancel_reply()
 
+    def take_over(self, shown: list[dict]) -> tuple[CancelToken, Conversation, list[dict]]:
+        """A new reply owns the chat (one still running is cancelled) and shows ``shown`` after
+        the history. Returns its token, and the conversation and messages it starts from."""
+        with self.lock:
+            if self.cancel is not None:
+                self.cancel.cancel()
+            self.cancel = CancelToken()
+            before = list(self.messages)
+            self.messages = before + shown
+            return self.cancel, self.conversation, before
+
+    def write(self, owner: CancelToken, messages: list[dict] | None = None,
+              conversation: Conversation | None = None) -> bool:
+        """The reply ``owner`` changes the chat; False (and nothing changed) if it no longer owns it."""
+        with self.lock:
+            if self.cancel is not owner:
+                return False
+            if messages is not None:
+                self.messages = list(messages)
+            if conversation is not None:
+                self.conversation = conversation
+            return True
+
+    def owns(self, owner: CancelToken) -> bool:
+        with self.lock:
+            return self.cancel is owner
+
+    def release(self, owner: CancelToken) -> None:
+        """The reply ``owner`` is over."""
+        with self.lock:
+            if self.cancel is owner:
+                self.cancel = None
+
+    def restart(self) -> None:
+        """The next turn starts a new conversation for the model (the chat shown stays)."""
+        with self.lock:
+            self.conversation = Conversation()
+
     def clear(self) -> None:
-        """Forget the conversation."""
-        self.stop()
-        # Detach the running reply: it must not write into the cleared history.
-        self.cancel = None
-        self.conversation = Conversation()
-        self.messages = []
-        self.frames.clear()
+        """Forget the conversation: the running reply is stopped and detached (it must not write
+        into the cleared history)."""
+        with self.lock:
+            if self.cancel is not None:
+                self.cancel.cancel()
+            self.cancel = None
+            self.conversation = Conversation()
+            self.messages = []
+            self.frames.clear()
         self.end()
 
     def end(self) -> None:

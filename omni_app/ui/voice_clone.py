@@ -7,7 +7,7 @@ import time
 
 import gradio as gr
 
-from ..api import CancelToken, Request
+from ..api import Request
 from ..errors import OmniError, RequestError
 from ..events import AudioChunk, Done, Notice
 from ..media import audio_from_array
@@ -93,8 +93,7 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
         if not words or not words.strip():
             raise RequestError("Type the text to speak first.")
         session = sessions.get(request)
-        session.cancel_reply()  # a new text replaces one still being read
-        cancel = session.cancel = CancelToken()
+        cancel, _, _ = session.take_over([])  # a new text replaces one still being read
         key = session_key(request)
         # How long a text reads is not known ahead: the player looks a few seconds ahead.
         reply = app.speech.new_reply(True, turn.for_page(), None)
@@ -117,8 +116,7 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
             yield reply.finish(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The speech failed.", None, None
             raise
         finally:
-            if session.cancel is cancel:
-                session.cancel = None
+            session.release(cancel)
 
     @shown
     def tts_on_stop(request: gr.Request):
