@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .config import GenerationLimits
+from .config import DEFAULT_VOICE, GenerationLimits
 from .conversation import Conversation
 from .events import Event, Trace
 
@@ -31,7 +31,7 @@ class Request:
     conversation: Conversation = field(default_factory=Conversation)
     #: A voice name or id from :meth:`Backend.voices` / :meth:`Backend.create_voice`;
     #: ``None`` for a text-only reply.
-    voice: str | None = "Chelsie"
+    voice: str | None = DEFAULT_VOICE
     limits: GenerationLimits = GenerationLimits()
     #: Fixes the sampling of the speech; ``None`` picks a random seed (reported in stats).
     seed: int | None = None

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ENGINES, MAX_ACTIVE, GenerationLimits, MediaLimits, ServiceConfig
+from .config import DEFAULT_VOICE, ENGINES, MAX_ACTIVE, STOCK_VOICES, GenerationLimits, MediaLimits, ServiceConfig
 from .errors import OmniError
 from .scale.options import add_ray_options, check_ray_options
 from .space import commands as space_commands
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an image file to send (any common format); repeatable")
     chat.add_argument("--video", action="append", default=[], metavar="FILE",
                       help="a video file to send; its sound track is used when it has one; repeatable")
-    chat.add_argument("--voice", default="Chelsie", help="voice of the spoken reply (default: Chelsie; also Ethan)")
+    chat.add_argument("--voice", default=DEFAULT_VOICE, help="voice of the spoken reply (default: %(default)s; "
+                      f"also {', '.join(STOCK_VOICES[1:])})")
     chat.add_argument("--text-only", action="store_true", help="reply in text only, without speech")
     chat.add_argument("--out", type=Path, metavar="WAV", help="write the spoken reply to this 24 kHz WAV file")
     chat.add_argument("--seed", type=int, help="seed for the speech sampling (same seed, same output)")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     say.add_argument("text", help="the exact text to speak (long texts are read sentence by sentence)")
     add_backend_options(say)
-    say.add_argument("--voice", default="Chelsie", help="stock voice, or the base voice with --voice-ref")
+    say.add_argument("--voice", default=DEFAULT_VOICE, help="stock voice, or the base voice with --voice-ref")
     say.add_argument("--voice-ref", type=Path, metavar="CLIP",
                      help="a 3-30 s recording of one speaker: the voice is rendered with its timbre")
     say.add_argument("--seed", type=int, help="seed for the speech sampling")

@@ -10,6 +10,13 @@ ENGINES = ("streaming", "reference")
 #: The web app's tabs, in the order they are shown: voice chat, video chat, image Q&A,
 #: voice-cloning TTS and "inside the model".
 TABS = ("voice", "video", "image", "tts", "inside")
+
+#: The model's speech out (Token2wav's vocoder) and sound in (its audio encoder's mel features).
+SPEECH_SAMPLE_RATE = 24000
+INPUT_SAMPLE_RATE = 16000
+#: The model's own voices; a reply speaks in the first unless another is chosen.
+STOCK_VOICES = ("Chelsie", "Ethan")
+DEFAULT_VOICE = STOCK_VOICES[0]
 #: Requests a model server holds at once (generating or waiting for the model) unless told otherwise.
 MAX_ACTIVE = 32
 #: The most replies one model may make at once (``--max-batch``).

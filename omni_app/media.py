@@ -16,10 +16,10 @@ from typing import BinaryIO, Union
 
 import numpy as np
 
-from .config import MediaLimits
+from .config import INPUT_SAMPLE_RATE, MediaLimits
 from .errors import MediaError
 
-MODEL_SAMPLE_RATE = 16000
+MODEL_SAMPLE_RATE = INPUT_SAMPLE_RATE
 #: Frames per second the model was trained on; keep it (it matches TMRoPE's time ids).
 VIDEO_FPS = 2.0
 FRAME_FACTOR = 2  # temporal patch: frames come in pairs

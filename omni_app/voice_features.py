@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-REF_SAMPLE_RATE = 16000
+from .config import INPUT_SAMPLE_RATE
+
+REF_SAMPLE_RATE = INPUT_SAMPLE_RATE
 REF_N_FFT = 1024
 REF_HOP = 160
 REF_WIN = 640

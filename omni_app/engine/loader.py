@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import zerogpu
+from ..config import DEFAULT_VOICE, SPEECH_SAMPLE_RATE
 from ..errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
 #: Sample rate of the speech the model produces (BigVGAN output).
-OUTPUT_SAMPLE_RATE = 24000
+OUTPUT_SAMPLE_RATE = SPEECH_SAMPLE_RATE
 
 
 @dataclass
@@ -44,9 +45,9 @@ class LoadedModel:
     def voice_names(self) -> list[str]:
         """Names of the voices the model can speak with, default voice first."""
         names = sorted(self.voices)
-        if "Chelsie" in names:
-            names.remove("Chelsie")
-            names.insert(0, "Chelsie")
+        if DEFAULT_VOICE in names:
+            names.remove(DEFAULT_VOICE)
+            names.insert(0, DEFAULT_VOICE)
         return names
 
 

@@ -8,8 +8,10 @@ import struct
 
 import numpy as np
 
+from ..config import SPEECH_SAMPLE_RATE
+
 #: Qwen2.5-Omni speaks at 24 kHz; OpenAI's streamed ``pcm16`` is 24 kHz mono too.
-SPEECH_RATE = 24000
+SPEECH_RATE = SPEECH_SAMPLE_RATE
 #: The largest size field a RIFF header holds: "unknown length" for a streamed WAV.
 OPEN_LENGTH = 0xFFFFFFFF
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from ..api import BackendInfo, CancelToken, Request, watch_cancel
+from ..config import SPEECH_SAMPLE_RATE, STOCK_VOICES
 from ..errors import BackendUnavailable, RequestError, Unsupported
 from ..events import AudioChunk, Done, Event, Stats, TextDelta
 from ..media import MODEL_SAMPLE_RATE
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DIALECTS = ("auto", encode.OPENAI, encode.VLLM_OMNI)
 #: Qwen2.5-Omni's voices, for servers that don't list theirs (vLLM-Omni).
-QWEN_VOICES = ["Chelsie", "Ethan"]
+QWEN_VOICES = list(STOCK_VOICES)
 #: How long the list of voices is trusted before asking the server again.
 VOICES_TTL_SECONDS = 10.0
 #: Read timeout of requests that need no model time (voices, models, ending a session).
@@ -159,7 +160,7 @@ class RemoteBackend:
         started = time.perf_counter()
         reader = ChunkReader(self.dialect, self.url)
         first_text = first_audio = None
-        samples, rate, texts = 0, 24000, 0
+        samples, rate, texts = 0, SPEECH_SAMPLE_RATE, 0
         try:
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:

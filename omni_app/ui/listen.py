@@ -57,6 +57,7 @@ CSS = """
 def page_script() -> str:
     """listen.js with the echo guard's worklet source built in."""
     script = (JS / "listen.js").read_text().replace('"__GUARD_SOURCE__"', json.dumps((JS / "echo.js").read_text()))
+    script = script.replace("__INPUT_SAMPLE_RATE__", str(MODEL_SAMPLE_RATE))
     return script.replace("</", "<\\/")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.data_classes import FileData
 
+from ..config import SPEECH_SAMPLE_RATE
 from .speech import SpeechStore
 
 JS = Path(__file__).with_name("js")
@@ -33,6 +34,7 @@ def page_script() -> str:
     """player.js with the worklet's source (playout.js + worklet.js) built in."""
     worklet = (JS / "playout.js").read_text() + "\n" + (JS / "worklet.js").read_text()
     script = (JS / "player.js").read_text().replace('"__WORKLET_SOURCE__"', json.dumps(worklet))
+    script = script.replace("__SPEECH_SAMPLE_RATE__", str(SPEECH_SAMPLE_RATE))
     # Inside <script>, "</" could end the element early; JavaScript reads "<\/" the same.
     return script.replace("</", "<\\/")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import SPEECH_SAMPLE_RATE
 from ..events import AudioChunk
 
 
@@ -41,7 +42,7 @@ class ReplySpeech:
         self.header = json.dumps({"reply": self.id, "speak": speak, "turn": turn or {}})
         self.chunks: list[np.ndarray] = []
         self.records: list[str] = []
-        self.sample_rate = 24000
+        self.sample_rate = SPEECH_SAMPLE_RATE
         self._started: float | None = None
         self._first: tuple[float, float] | None = None  # (time, seconds of speech) at the first chunk
         self._last_at: float | None = None  # when the last chunk came

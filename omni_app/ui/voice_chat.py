@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..config import INPUT_SAMPLE_RATE
 from ..conversation import AudioPart
 from ..errors import RequestError
 from ..media import audio_from_array
@@ -59,7 +60,8 @@ def build(app: AppContext, gpu_queue: str, live: PageListener) -> tuple[SessionS
         audio = audio_from_array(recorded[1], recorded[0], app.media)
         chosen = app.resolve_voice(voice_name, request) if speak_on else None
         yield from run_reply(app, sessions.get(request), [AudioPart(audio)],
-                             f"(spoken, {len(audio) / 16000:.1f} s)", chosen, request, TurnEnd.from_browser(sent_at))
+                             f"(spoken, {len(audio) / INPUT_SAMPLE_RATE:.1f} s)", chosen, request,
+                             TurnEnd.from_browser(sent_at))
 
     @shown
     def on_stop(request: gr.Request):

@@ -25,7 +25,7 @@
 (() => {
   if (window.OmniListen) return;
   const GUARD_SOURCE = "__GUARD_SOURCE__";
-  const SAMPLE_RATE = 16000;
+  const SAMPLE_RATE = __INPUT_SAMPLE_RATE__; // what the model hears (omni_app.config)
   const FRAME_SECONDS = 0.032; // silero v5: 512 samples at 16 kHz
   const THRESHOLD = 0.5; // speech probability of a speech frame
   const BARGE_FRAMES = 2; // consecutive frames of the person's speech over a reply

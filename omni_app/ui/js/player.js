@@ -20,7 +20,7 @@
 (() => {
   if (window.OmniSpeech) return;
   const WORKLET_SOURCE = "__WORKLET_SOURCE__";
-  const SAMPLE_RATE = 24000;
+  const SAMPLE_RATE = __SPEECH_SAMPLE_RATE__; // the model's speech (omni_app.config)
   let context = null;
   let ready = null;
   let output = null;
