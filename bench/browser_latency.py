@@ -45,6 +45,10 @@ QUESTIONS = [
     "Can you say that again?",
     "Thank you, that is all for now.",
 ]
+#: Headless Chromium with sound allowed and a fake microphone (the probe replaces it).
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--autoplay-policy=no-user-gesture-required", "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream"]
 #: Silence shorter than this inside a reply is part of the speech, not a gap.
 MIN_GAP_S = 0.02
 
@@ -72,6 +76,14 @@ def start_app(app_dir: Path, workdir: Path, args) -> tuple[subprocess.Popen, str
             time.sleep(0.5)
     process.kill()
     raise SystemExit("the app did not start within 5 minutes")
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def log_times(log: Path, what: str) -> list[float]:
@@ -129,11 +141,7 @@ def run_turns(url: str, log: Path, workdir: Path, turns: int, timeout_s: float) 
         said_wavs.append(base64.b64encode(wav.read_bytes()).decode())
     rows = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--autoplay-policy=no-user-gesture-required",
-                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
         context = browser.new_context()
         context.add_init_script(PROBE.read_text())
         page = context.new_page()
@@ -205,11 +213,7 @@ def main(argv=None) -> int:
         try:
             rows = run_turns(url, log, workdir, args.turns, args.timeout)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_app(process)
     if not rows:
         print("no turn was answered", file=sys.stderr)
         return 1

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from browser_latency import CHROMIUM, PROBE, ROOT, start_app, start_microphone
+from browser_latency import BROWSER_ARGS, CHROMIUM, PROBE, ROOT, start_app, start_microphone, stop_app
 
 
 def cpu_seconds(pid: int) -> float:
@@ -46,11 +45,7 @@ def main(argv=None) -> int:
         process, url, log = start_app(args.app_dir.resolve(), Path(folder), args)
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path=CHROMIUM, headless=True,
-                    args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--autoplay-policy=no-user-gesture-required",
-                          "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
                 requests: list[str] = []
                 pages = []
                 for _ in range(args.pages):
@@ -82,11 +77,7 @@ def main(argv=None) -> int:
                 browser.close()
             after = log.read_text().splitlines()[lines_before:]
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_app(process)
     tracebacks = sum(line.startswith("Traceback") for line in after)
     print(f"{args.app_dir.resolve().name}: {args.pages} listening pages, {elapsed:.0f} s without speech: "
           f"server CPU {used / elapsed:.3f} cores, {sent} requests ({sent / elapsed:.1f}/s); "

@@ -11,7 +11,9 @@ and lists, never model objects. Importing this module imports neither torch nor 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from .config import DEFAULT_VOICE, GenerationLimits
 from .conversation import Conversation
 from .events import Event, Trace
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .inside import Inspection
@@ -63,6 +67,36 @@ class CancelToken:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
+
+
+class VoiceList:
+    """The voices a model elsewhere offers (a server, the replicas), asked again at most every
+    ``ttl`` seconds. When asking fails the last known list stands: the stock voices in it are
+    still right (the detail goes to the log)."""
+
+    def __init__(self, fetch: Callable[[], list[str]], names: list[str], where: str, ttl: float = 10.0) -> None:
+        self._fetch = fetch
+        self._where = where
+        self.ttl = ttl
+        self._known = (time.monotonic(), list(names))
+        self._lock = threading.Lock()
+
+    def get(self) -> list[str]:
+        with self._lock:
+            checked, names = self._known
+        if time.monotonic() - checked > self.ttl:
+            try:
+                names = list(self._fetch())
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the last known list
+                log.warning("could not list the voices of %s (%s); showing the last known ones", self._where, exc)
+            with self._lock:
+                self._known = (time.monotonic(), names)
+        return list(names)
+
+    def stale(self) -> None:
+        """Ask again next time (a voice was just made)."""
+        with self._lock:
+            self._known = (0.0, self._known[1])
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ test-output/screenshots/.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 from browser_kit import (
@@ -68,6 +69,9 @@ def test_voice_chat_speaks_through_web_audio_and_barge_in_silences_it(page, live
     # "Wait, stop talking please" is the third turn; the server heard three.
     page.wait_for_function("() => OmniListen.state.log.filter((e) => e.type === 'turn').length >= 3",
                            timeout=WAIT_MS)
+    deadline = time.time() + 30
+    while len(live_app.turn_end_times()) < 3 and time.time() < deadline:  # the log line follows the request
+        time.sleep(0.2)
     assert len(live_app.turn_end_times()) >= 3
 
     # The session's last turn, inside the model: every picture is drawn.

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from ..api import BackendInfo, CancelToken, Request, watch_cancel
+from ..api import BackendInfo, CancelToken, Request, VoiceList, watch_cancel
 from ..errors import BackendUnavailable, OmniError, Unsupported
 from ..events import AudioChunk, Done, Event, Stats, TextDelta
 from ..voices import Voice
@@ -44,7 +44,8 @@ class ReplicaBackend:
         self._info = dataclasses.replace(info, can_inspect=False,
                                          description=f"{info.description} · replicas on Ray Serve")
         self._stock = list(described["stock"])
-        self._listed: tuple[float, list[str]] = (time.monotonic(), list(described["voices"]))
+        self._listed = VoiceList(lambda: list(self._handle.describe.remote().result(timeout_s=30)["voices"]),
+                                 list(described["voices"]), "the replicas", REFRESH_SECONDS)
         self._voices: OrderedDict[str, Voice] = OrderedDict()
         self._lock = threading.Lock()
         #: ``() -> int``: replicas running now (for /health); ``None`` where unknown.
@@ -59,13 +60,7 @@ class ReplicaBackend:
         return list(self._stock)
 
     def voices(self) -> list[str]:
-        checked, names = self._listed
-        if time.monotonic() - checked > REFRESH_SECONDS:
-            try:
-                names = list(self._handle.describe.remote().result(timeout_s=30)["voices"])
-            except Exception as exc:  # the last known list is still right for the stock voices
-                log.warning("could not list the replicas' voices (%s); showing the last known ones", exc)
-            self._listed = (time.monotonic(), names)
+        names = self._listed.get()
         with self._lock:
             made = [name for name, voice in self._voices.items() if name == voice.name]  # saved ones
         return names + [name for name in made if name not in names]

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..api import BackendInfo, CancelToken, Request, watch_cancel
+from ..api import BackendInfo, CancelToken, Request, VoiceList, watch_cancel
 from ..config import SPEECH_SAMPLE_RATE, STOCK_VOICES
 from ..errors import BackendUnavailable, RequestError, Unsupported
 from ..events import AudioChunk, Done, Event, Stats, TextDelta
@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 DIALECTS = ("auto", encode.OPENAI, encode.VLLM_OMNI)
 #: Qwen2.5-Omni's voices, for servers that don't list theirs (vLLM-Omni).
 QWEN_VOICES = list(STOCK_VOICES)
-#: How long the list of voices is trusted before asking the server again.
-VOICES_TTL_SECONDS = 10.0
 #: Read timeout of requests that need no model time (voices, models, ending a session).
 METADATA_TIMEOUT_S = 10.0
 
@@ -47,7 +45,7 @@ class RemoteBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Reads may wait long: a request can queue behind others for the model.
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
-        self._voices: tuple[float, list[str]] = (0.0, [])
+        self._voices = VoiceList(lambda: [], [], self.url)
         self._probe(dialect)
 
     def _probe(self, dialect: str) -> None:
@@ -65,7 +63,9 @@ class RemoteBackend:
         self.model = str(card.get("id") or "model")
         caps = card.get("capabilities") if self.ours and isinstance(card.get("capabilities"), dict) else {}
         self._stock = list(card.get("stock_voices") or QWEN_VOICES) if self.ours else list(QWEN_VOICES)
-        self._voices = (time.monotonic(), list(card.get("voices") or self._stock))
+        # Our own server lists its voices (made ones too); another server has its stock ones.
+        self._voices = VoiceList(self._list_voices if self.ours else lambda: list(self._stock),
+                                 list(card.get("voices") or self._stock), f"the server at {self.url}")
         kind = "omni_app" if self.ours else "vLLM-Omni" if dialect == encode.VLLM_OMNI else "OpenAI-compatible"
         self._info = BackendInfo(
             model=self.model, description=f"{card.get('description') or self.model} · {kind} server at {self.url}",
@@ -84,15 +84,10 @@ class RemoteBackend:
         return list(self._stock)
 
     def voices(self) -> list[str]:
-        checked, names = self._voices
-        if self.ours and time.monotonic() - checked > VOICES_TTL_SECONDS:
-            try:
-                listing = self._get("/v1/audio/voices")
-                names = [v["id"] for v in listing["data"]]
-            except (OSError, KeyError, TypeError, BackendUnavailable, RequestError) as exc:
-                log.warning("could not list the server's voices (%s); showing the last known ones", exc)
-            self._voices = (time.monotonic(), names)
-        return list(names)
+        return self._voices.get()
+
+    def _list_voices(self) -> list[str]:
+        return [v["id"] for v in self._get("/v1/audio/voices")["data"]]
 
     def stream(self, request: Request, cancel: CancelToken | None = None) -> Iterator[Event]:
         if request.speak_text is not None:
@@ -108,7 +103,7 @@ class RemoteBackend:
             raise Unsupported(f"The model server at {self.url} can't make new voices; its stock voices work.")
         audio = data_url("audio/wav", float_wav(reference_16k, MODEL_SAMPLE_RATE))
         made = self._send("POST", "/v1/audio/voices", {"name": name, "base": base, "save": save, "audio": audio})
-        self._voices = (0.0, self._voices[1])  # ask again: a saved voice is listed from now on
+        self._voices.stale()  # ask again: a saved voice is listed from now on
         return str(made["id"])
 
     def inspect(self, conversation, trace):
