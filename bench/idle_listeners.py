@@ -68,8 +68,6 @@ def main(argv=None) -> int:
                 used = cpu_seconds(process.pid) - before
                 elapsed = time.time() - since
                 sent = len(requests) - counted
-                if os.environ.get("SHOW_REQUESTS"):
-                    print(*sorted(set(u.split("?")[0] for u in requests[counted:]))[:10], sep="\n")
                 lines_before = len(log.read_text().splitlines())
                 for context, _ in pages:
                     context.close()

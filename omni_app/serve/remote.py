@@ -45,7 +45,6 @@ class RemoteBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Reads may wait long: a request can queue behind others for the model.
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
-        self._voices = VoiceList(lambda: [], [], self.url)
         self._probe(dialect)
 
     def _probe(self, dialect: str) -> None:
