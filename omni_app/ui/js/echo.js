@@ -36,6 +36,8 @@ class OmniEchoGuard extends AudioWorkletProcessor {
     this.span = [0, MAX_DELAY]; // the reference frames the echo may come from
     this.coupling = UNKNOWN_COUPLING;
     this.predicted = 0;
+    this.quiet = MAX_DELAY; // frames since the reference last sounded
+    this.onset = 0; // frames left in which a new playback's echo may come at any delay
   }
 
   at(history, back) {
@@ -55,7 +57,9 @@ class OmniEchoGuard extends AudioWorkletProcessor {
    * such a delay (no echo at all, or no clear one yet) the coupling is a high percentile of
    * the ratio of the microphone to the loudest reference that could have reached it: near
    * zero with headphones, so the person is heard over the reply from the start. A median is not moved
-   * by a person who talks over the reply for less than half of the time.
+   * by a person who talks over the reply for less than half of the time. Only frames while
+   * something was playing count: a person who cut the reply short goes on speaking after it
+   * stopped, and those frames would pass for a long, loud echo.
    */
   learn() {
     const n = Math.min(HISTORY, this.count - MAX_DELAY);
@@ -66,7 +70,7 @@ class OmniEchoGuard extends AudioWorkletProcessor {
       let sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0, k = 0;
       for (let i = 0; i < n; i++) {
         const r = this.at(this.ref, i + d);
-        if (r < ACTIVE) continue;
+        if (r < ACTIVE || this.at(this.ref, i) < ACTIVE) continue;
         const m = this.at(this.mic, i);
         sx += r; sy += m; sxx += r * r; syy += m * m; sxy += r * m; k++;
       }
@@ -77,6 +81,7 @@ class OmniEchoGuard extends AudioWorkletProcessor {
     }
     const ratios = [];
     for (let i = 0; i < n; i++) {
+      if (this.at(this.ref, i) < ACTIVE) continue;
       const r = best < 0 ? this.window(i, 0, MAX_DELAY) : this.at(this.ref, i + best);
       if (r >= ACTIVE) ratios.push(this.at(this.mic, i) / r);
     }
@@ -95,8 +100,17 @@ class OmniEchoGuard extends AudioWorkletProcessor {
     this.ref[this.count % this.ref.length] = refLevel;
     this.count++;
     if (this.count % 10 === 0) this.learn();
+    // Playback that starts after a silence may come back at any delay: the play-out path
+    // restarts, and a delay learnt from a reply the person cut short can be wrong (their
+    // voice, right after the reply stopped, looks like a long echo). Until the longest delay
+    // has passed, the echo is predicted from all of it.
+    if (refLevel >= ACTIVE) {
+      if (this.quiet >= MAX_DELAY) this.onset = MAX_DELAY;
+      this.quiet = 0;
+    } else this.quiet++;
     // The echo now: the reference around the learnt delay (any delay while none is learnt).
-    const [from, to] = this.span;
+    const [from, to] = this.onset > 0 ? [0, MAX_DELAY] : this.span;
+    if (this.onset > 0) this.onset--;
     const reference = this.window(0, from, Math.min(to, this.count - 1));
     this.predicted = Math.max(this.coupling * reference, this.predicted * TAIL);
     const near = micLevel > FLOOR && micLevel > MARGIN * this.predicted;

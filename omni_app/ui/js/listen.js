@@ -32,12 +32,14 @@
   const MIN_NEAR_FRAMES = 4; // a turn heard over a reply needs this many frames above its echo
   const KEEP_PAUSE_SECONDS = 0.2; // of the pause that ended a turn, kept in its audio
   const MAX_TURN_SECONDS = 60;
+  const MAX_LAG_SECONDS = 2; // the VAD this far behind the sound: its frame count is re-anchored
   const CONSTRAINTS = { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 
   const state = {
     element: null, trigger: null, config: null,
     vad: null, stream: null, source: null, guard: null,
     pauseMs: 600, flags: [], segment: null, run: 0, starting: false,
+    frames: 0, origin: Infinity, lag: 0, // VAD frames since listening started, when they began, how late
     /** What happened, for the page and its tests: {type, at, ...}. */
     log: [],
   };
@@ -67,19 +69,38 @@
     return btoa(text);
   }
 
-  /** Guard flags of the last `seconds` (context time). */
-  function recentFlags(seconds) {
-    const ctx = OmniSpeech.context();
-    const since = ctx.currentTime - seconds;
-    return state.flags.filter((f) => f.time >= since);
+  /** Guard flags of the `seconds` before `until` (context time). */
+  function recentFlags(seconds, until) {
+    const since = until - seconds;
+    return state.flags.filter((f) => f.time >= since && f.time <= until);
+  }
+
+  /**
+   * When (context time) the audio of the VAD frame just processed ended. Frames come one
+   * after another, 32 ms apart in sound, but the model runs on the page's busy main thread
+   * and may fall behind: the least late frame anchors the count, so a frame is judged
+   * against the guard's flags of its own moment, not of the moment it was processed.
+   */
+  function frameTime() {
+    const now = OmniSpeech.context().currentTime;
+    state.frames++;
+    const anchor = now - state.frames * FRAME_SECONDS;
+    // Far behind means the count went astray (the context was suspended): anchor again.
+    if (anchor < state.origin || now - (state.origin + state.frames * FRAME_SECONDS) > MAX_LAG_SECONDS) {
+      state.origin = anchor;
+    }
+    const end = state.origin + state.frames * FRAME_SECONDS;
+    state.lag = now - end;
+    return end;
   }
 
   /** One VAD frame: is it the person speaking (not the reply's echo), and is it a barge-in? */
   function frame(probability) {
     const speech = probability >= THRESHOLD;
+    const at = frameTime();
     let near = speech;
     if (speech && state.guard) {
-      const flags = recentFlags(0.08);
+      const flags = recentFlags(0.08, at);
       const echo = OmniSpeech.sounding() !== null || flags.some((f) => f.echo);
       if (echo) near = flags.length > 0 && flags.filter((f) => f.near).length * 2 >= flags.length;
     }
@@ -97,7 +118,7 @@
   function bargeIn(name) {
     OmniSpeech.stop(name);
     if (state.segment) state.segment.barged = true;
-    note("barge", { tab: name });
+    note("barge", { tab: name, lagMs: Math.round(state.lag * 1000) });
     show("⏹ You spoke: the reply stopped.");
     state.trigger("barge", { tab: name });
   }
@@ -175,7 +196,8 @@
         state.guard = new AudioWorkletNode(ctx, "omni-echo-guard", { numberOfInputs: 2, numberOfOutputs: 0 });
         state.guard.port.onmessage = (event) => {
           state.flags.push(event.data);
-          if (state.flags.length > 100) state.flags.splice(0, 50);
+          // Kept for as long as the VAD may lag behind (10 ms each).
+          if (state.flags.length > MAX_LAG_SECONDS * 150) state.flags.splice(0, MAX_LAG_SECONDS * 50);
         };
         state.source.connect(state.guard, 0, 0);
         OmniSpeech.output().connect(state.guard, 0, 1);
@@ -226,6 +248,8 @@
     if (state.stream) for (const track of state.stream.getTracks()) track.stop();
     state.stream = state.source = state.guard = null;
     state.flags = [];
+    state.frames = 0;
+    state.origin = Infinity;
     const toggle = $(".omni-listen-toggle");
     if (toggle) toggle.textContent = "🎙 Start listening";
     if (!quiet) {
