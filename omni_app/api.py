@@ -148,12 +148,33 @@ class BackendInfo:
     max_batch: int = 0
 
 
+@dataclass(frozen=True)
+class BackendStatus:
+    """How busy a backend is right now (for ``/health`` and the page); ``None``: it can't tell."""
+
+    #: A generation holds the model.
+    busy: bool | None = None
+    #: Requests waiting for the model.
+    waiting: int | None = None
+    #: Model replicas running (a scaled-out deployment).
+    replicas: int | None = None
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the app needs from a model, wherever it runs."""
 
     @property
     def info(self) -> BackendInfo: ...
+
+    def status(self) -> BackendStatus:
+        """How busy the model is now; cheap (asked by every ``/health``)."""
+        ...
+
+    def warmup(self) -> None:
+        """Make the first reply as quick as the next (a model in this process runs one short
+        generation); a backend with nothing to warm returns at once."""
+        ...
 
     def voices(self) -> list[str]:
         """Voice names the backend speaks with: the stock ones first (default first), then saved ones."""

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import DEFAULT_VOICE, ENGINES, MAX_ACTIVE, STOCK_VOICES, GenerationLimits, MediaLimits, ServiceConfig
-from .errors import OmniError
+from .errors import OmniError, unexpected
 from .scale.options import add_ray_options, check_ray_options
 from .space import commands as space_commands
 
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # an unexpected failure still gets one line, not a traceback
-        print(f"error: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: {unexpected(exc, args.command or 'the command', logging.getLogger('omni_app'))}",
+              file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_USAGE
 

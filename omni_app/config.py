@@ -13,6 +13,8 @@ TABS = ("voice", "video", "image", "tts", "inside")
 
 #: The model's speech out (Token2wav's vocoder) and sound in (its audio encoder's mel features).
 SPEECH_SAMPLE_RATE = 24000
+#: Speech codec codes the Talker makes per second of speech.
+CODES_PER_SECOND = 50
 INPUT_SAMPLE_RATE = 16000
 #: The model's own voices; a reply speaks in the first unless another is chosen.
 STOCK_VOICES = ("Chelsie", "Ethan")

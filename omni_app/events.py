@@ -9,10 +9,13 @@ processes (ZeroGPU) and HTTP unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Literal, Union
 
 import numpy as np
+
+from .config import CODES_PER_SECOND
 
 #: Why a stream ended: the model finished, a length limit was hit, or the caller cancelled.
 DoneReason = Literal["finished", "length", "cancelled"]
@@ -128,3 +131,54 @@ class Done:
 
 
 Event = Union[TextDelta, AudioChunk, Notice, Done]
+
+
+class StreamClock:
+    """Times a stream where the caller sees it, so every backend reports the same times.
+
+    A backend whose model is elsewhere (a server, a Ray replica, a GPU worker) feeds each
+    event through :meth:`seen` from the moment its ``stream`` was called. Its ``Done`` then
+    carries the times measured here, the model side's own ones kept in ``extra`` under
+    ``prefix``; a stream cut short here (cancelled) gets a ``Done`` built from what was seen.
+    """
+
+    def __init__(self, prefix: str, engine: str = "") -> None:
+        self.started = time.perf_counter()
+        self.prefix = prefix
+        self.engine = engine
+        self.first_text: float | None = None
+        self.first_audio: float | None = None
+        self.texts = 0
+        self.audio_seconds = 0.0
+        #: The other side's ``Done`` came through.
+        self.done = False
+
+    def seen(self, event: Event) -> Event:
+        """Note ``event`` (returned as it is, or as the restamped ``Done``)."""
+        now = time.perf_counter() - self.started
+        if isinstance(event, TextDelta):
+            self.first_text = now if self.first_text is None else self.first_text
+            self.texts += 1
+        elif isinstance(event, AudioChunk):
+            self.first_audio = now if self.first_audio is None else self.first_audio
+            self.audio_seconds += event.seconds
+        elif isinstance(event, Done):
+            self.done = True
+            return replace(event, stats=self.restamp(event.stats))
+        return event
+
+    def restamp(self, stats: Stats) -> Stats:
+        """``stats`` with the times seen here; the other side's in ``extra``."""
+        theirs = {f"{self.prefix}_{name}": value for name, value in (
+            ("time_to_first_text", stats.time_to_first_text), ("time_to_first_audio", stats.time_to_first_audio),
+            ("total_time", stats.total_time)) if value is not None}
+        return replace(stats, time_to_first_text=self.first_text, time_to_first_audio=self.first_audio,
+                       total_time=time.perf_counter() - self.started, extra={**stats.extra, **theirs})
+
+    def cut_short(self) -> Done:
+        """The ``Done`` of a stream cancelled before the other side's ``Done`` arrived: the times and
+        the speech seen so far; the counts are those of the pieces seen (``extra['counted_here']``)."""
+        return Done("cancelled", Stats(
+            self.first_text, self.first_audio, time.perf_counter() - self.started, text_tokens=self.texts,
+            codec_codes=round(self.audio_seconds * CODES_PER_SECOND), audio_seconds=self.audio_seconds,
+            engine=self.engine, extra={"counted_here": 1.0}))

@@ -9,6 +9,7 @@ with a message a person can act on.
 from __future__ import annotations
 
 import io
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import BinaryIO, Union
 import numpy as np
 
 from .config import INPUT_SAMPLE_RATE, MediaLimits
-from .errors import MediaError
+from .errors import MediaError, hidden
+
+log = logging.getLogger(__name__)
 
 MODEL_SAMPLE_RATE = INPUT_SAMPLE_RATE
 #: Frames per second the model was trained on; keep it (it matches TMRoPE's time ids).
@@ -47,12 +50,17 @@ def _name(source: Source) -> str:
     return Path(source).name if isinstance(source, (str, Path)) else "the upload"  # for messages
 
 
+def _unusable(message: str, exc: Exception) -> MediaError:
+    # The decoder's own words (and the server's path of an upload) go to the log only.
+    return hidden(MediaError, message, exc, log)
+
+
 def _open_container(source: Source):
     import av
 
     if isinstance(source, (str, Path)):
         if not Path(source).is_file():
-            raise MediaError(f"File not found: {source}")
+            raise MediaError(f"{_name(source)} was not found: it may have been removed; add it again.")
         if Path(source).stat().st_size == 0:
             raise MediaError(f"{_name(source)} is empty.")
         target = str(source)
@@ -61,12 +69,8 @@ def _open_container(source: Source):
     try:
         return av.open(target)
     except Exception as exc:  # PyAV raises many types for unreadable input
-        raise MediaError(f"{_name(source)} is not a readable audio or video file ({_short(exc)}).") from exc
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+        raise _unusable(f"{_name(source)} is not a readable audio or video file: it may be corrupt, cut short, "
+                        "or another kind of file under that name.", exc) from exc
 
 
 def _decode_audio_stream(container, stream, name: str, max_seconds: float) -> np.ndarray:
@@ -88,7 +92,7 @@ def _decode_audio_stream(container, stream, name: str, max_seconds: float) -> np
     except MediaError:
         raise
     except Exception as exc:
-        raise MediaError(f"{name} could not be decoded ({_short(exc)}); the file may be corrupt.") from exc
+        raise _unusable(f"{name} could not be decoded: the file may be corrupt or cut short.", exc) from exc
     return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
 
 
@@ -150,11 +154,12 @@ def load_image(source: Union[Source, "PIL.Image.Image"], limits: MediaLimits = M
     else:
         name = _name(source)
         if isinstance(source, (str, Path)) and not Path(source).is_file():
-            raise MediaError(f"File not found: {source}")
+            raise MediaError(f"{_name(source)} was not found: it may have been removed; add it again.")
         try:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         except (UnidentifiedImageError, OSError) as exc:
-            raise MediaError(f"{name} is not a readable image ({_short(exc)}).") from exc
+            raise _unusable(f"{name} is not a readable image: it may be corrupt, or not an image "
+                            "(PNG, JPEG, WebP, GIF, BMP).", exc) from exc
     width, height = image.size
     if width * height > limits.max_image_pixels:
         raise MediaError(
@@ -166,7 +171,7 @@ def load_image(source: Union[Source, "PIL.Image.Image"], limits: MediaLimits = M
         image = ImageOps.exif_transpose(image)
         return image.convert("RGB")
     except OSError as exc:
-        raise MediaError(f"{name} is truncated or corrupt ({_short(exc)}).") from exc
+        raise _unusable(f"{name} is cut short or corrupt.", exc) from exc
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
@@ -214,7 +219,7 @@ def load_video(source: Source, limits: MediaLimits = MediaLimits(), with_audio: 
         except MediaError:
             raise
         except Exception as exc:
-            raise MediaError(f"{name} could not be decoded ({_short(exc)}); the file may be corrupt.") from exc
+            raise _unusable(f"{name} could not be decoded: the file may be corrupt or cut short.", exc) from exc
         audio = None
         if with_audio and container.streams.audio:
             container.seek(0)

@@ -9,6 +9,7 @@ prompt can be laid out again without running the processor on older items.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import weakref
 from collections import OrderedDict
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .conversation import AudioPart, ImagePart, VideoPart, video_audio
-from .errors import RequestError
+from .errors import RequestError, hidden
 from .media import MODEL_SAMPLE_RATE, VIDEO_FPS
+
+log = logging.getLogger(__name__)
 
 #: Zeros after the audio before the features are cut: more than the STFT window, so the
 #: frames under the mask are those of the processor's 300 s padding (the model never sees
@@ -136,7 +139,8 @@ def process_item(processor, part, use_audio_in_video: bool) -> tuple[MediaLayout
     try:
         out = processor(text=[text], **kwargs)
     except (ValueError, RuntimeError) as exc:
-        raise RequestError(f"The input could not be prepared for the model: {exc}") from exc
+        raise hidden(RequestError, "The input could not be prepared for the model: try a shorter or smaller file.",
+                     exc, log) from exc
     tensors: dict = {}
     grid = seconds = frames = None
     kind = "audio" if isinstance(part, AudioPart) else "image" if isinstance(part, ImagePart) else "video"

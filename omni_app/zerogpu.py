@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: ZeroGPU's GPU sizes: half a card (48 GB, the default) or a whole one (96 GB, twice the quota).
 GPU_SIZES = ("large", "xlarge")
+#: How long ending a call waits for ZeroGPU's worker to finish it (a cancelled reply stops within a step).
+CLOSE_DEADLINE_SECONDS = 30.0
 
 
 def active() -> bool:
@@ -217,9 +219,25 @@ class GpuRunner:
             finished.set()
             if slot is not None:
                 self._flags.set(slot)  # a consumer that went away stops the worker within one step too
-            items.close()  # returns once the worker has finished the call
+            self._close(items, slot)
+
+    def _close(self, items, slot: int | None) -> None:
+        """Close the worker's call (it returns once the worker has finished it), within a deadline:
+        a worker that hangs must not hold the visitor's request; its flag is freed when it ends."""
+
+        def close() -> None:
+            try:
+                items.close()
+            except Exception:  # the call is over either way
+                log.exception("closing the GPU worker's call failed")
             if slot is not None:
                 self._flags.release(slot)
+
+        closer = threading.Thread(target=close, name="omni-zerogpu-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_DEADLINE_SECONDS)
+        if closer.is_alive():
+            log.error("the GPU worker's call did not end within %.0f s; letting it go", CLOSE_DEADLINE_SECONDS)
 
     def _seconds(self, *args) -> int:
         # spaces.GPU calls this with the worker function's arguments: (*args, slot).

@@ -6,6 +6,7 @@ folder), and is shut down at the end, with a check that none of its processes is
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -291,3 +292,20 @@ def test_bad_scale_options_are_refused_before_ray_starts(capsys):
     assert "replicas must be at least 1" in capsys.readouterr().err
     assert main(["serve", "--model", "tiny", "--replicas", "2"]) == 2  # not silently one model
     assert "need --ray" in capsys.readouterr().err
+
+
+def test_the_replicas_keep_the_contract_behind_the_endpoint_and_through_it(endpoint, remote):
+    """The backend the endpoint serves (the replicas behind a deployment handle), and our server in front of it."""
+    from contract import matrix_row, problems, run_contract
+    from ray import serve
+
+    from omni_app.scale.backend import ReplicaBackend
+    from omni_app.scale.settings import APP_NAME, MODEL
+
+    handle = serve.get_deployment_handle(MODEL, app_name=APP_NAME)
+    replicas = ReplicaBackend(handle, handle.describe.remote().result(timeout_s=60))
+    # Two replicas, one reply each at a time: a third request waits.
+    for name, backend in (("ray", replicas), ("ray endpoint", remote)):
+        report = run_contract(backend, batch=2)
+        print(f"\n{name}:", json.dumps(matrix_row(report)))
+        assert problems(report) == [], name

@@ -125,6 +125,18 @@ def test_a_choice_never_sent_stops_counting(monkeypatch):
     assert set(router._loads(replicas).values()) == {0}
 
 
+def test_a_request_that_never_finishes_stops_counting_after_the_longest_reply(monkeypatch):
+    router, replicas = make_router()
+    a, _ = (r.replica_id for r in replicas)
+    now = [1000.0]
+    monkeypatch.setattr(router_module.time, "monotonic", lambda: now[0])
+    router.on_request_routed(pending(1), a, None)  # its replica died with it: Ray never says it finished
+    now[0] += router_module.RUNNING_SECONDS - 1
+    assert router._loads(replicas)[a] == 1  # a long reply still counts
+    now[0] += 2
+    assert set(router._loads(replicas).values()) == {0}
+
+
 def test_the_end_of_a_session_reaches_its_home_however_busy():
     router, replicas = make_router(slack=1)
     a, b = (r.replica_id for r in replicas)

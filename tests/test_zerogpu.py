@@ -116,6 +116,14 @@ def test_replies_stream_from_zerogpus_worker_process(zerogpu_run):
     assert len(report["allowed_pids"]) == 1 and report["allowed_pids"][0] != report["parent"]
 
 
+def test_the_zerogpu_runner_keeps_the_contract(zerogpu_run):
+    from contract import matrix_row, problems
+
+    report, _ = zerogpu_run
+    print("\nzerogpu:", json.dumps(matrix_row(report["contract"])))
+    assert problems(report["contract"]) == []
+
+
 def test_stop_crosses_the_process_boundary(zerogpu_run):
     report, _ = zerogpu_run
     stop = report["stop"]

@@ -76,6 +76,11 @@ def main(out_path: str) -> None:
         report["calls"] = json.load(answer)
     report["gpu_seconds_asked"] = [int(c["durationSeconds"]) for c in report["calls"] if c["path"] == "/schedule"]
     report["allowed_pids"] = sorted({int(c["pid"]) for c in report["calls"] if c["path"] == "/allow"})
+    # The contract every backend keeps (tests/contract.py); calls within one GPU worker don't queue.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from contract import run_contract
+
+    report["contract"] = run_contract(backend)
     with open(out_path, "w") as handle:
         json.dump(report, handle, indent=1)
 

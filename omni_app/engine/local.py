@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import BackendInfo, CancelToken, Request
+from ..api import BackendInfo, BackendStatus, CancelToken, Request
 from ..config import MediaLimits, ServiceConfig
 from ..conversation import Conversation
-from ..errors import RequestError
-from ..events import Event, Trace
+from ..errors import RequestError, hidden
+from ..events import Event, StreamClock, Trace
 from ..inside import Inspection
 from ..voices import Voice, save_voice, voice_from_reference
 from ..zerogpu import GpuBudget, GpuRunner
@@ -78,15 +78,8 @@ class LocalBackend:
     def stock_voices(self) -> list[str]:
         return self.service.stock_voices
 
-    @property
-    def busy(self) -> bool:
-        """Whether a generation holds the model right now."""
-        return self.service.busy
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for the model right now."""
-        return self.service.waiting
+    def status(self) -> BackendStatus:
+        return BackendStatus(busy=self.service.busy, waiting=self.service.waiting)
 
     def warmup(self) -> None:
         """One short generation, so the first user does not pay for lazy initialisation.
@@ -99,10 +92,16 @@ class LocalBackend:
 
     def stream(self, request: Request, cancel: CancelToken | None = None) -> Iterator[Event]:
         voice = self.service.voice(request.voice) if request.voice is not None else None
-        if not self._gpu.in_process:
-            # Each ZeroGPU call may land in a fresh worker process: nothing is kept per conversation.
-            request = replace(request, session=None)
-        yield from self._gpu.stream(request, voice, cancel=cancel)
+        if self._gpu.in_process:
+            yield from self._gpu.stream(request, voice, cancel=cancel)
+            return
+        # Each ZeroGPU call may land in a fresh worker process: nothing is kept per conversation.
+        # Times count from here, the wait for a GPU included, as for every other backend.
+        clock = StreamClock("gpu_worker", self.service.engine.name)
+        for event in self._gpu.stream(replace(request, session=None), voice, cancel=cancel):
+            yield clock.seen(event)
+        if not clock.done and cancel is not None and cancel.is_set():  # stopped before the worker could say so
+            yield clock.cut_short()
 
     def _generate(self, request: Request, voice: Voice | None, cancel=None):
         # The one function that needs the GPU (on ZeroGPU it runs in ZeroGPU's worker).
@@ -120,13 +119,26 @@ class LocalBackend:
             try:
                 save_voice(voice, self.voices_dir)
             except OSError as exc:
-                raise RequestError(f"The voice was made but could not be saved: {exc}") from exc
+                raise hidden(RequestError, "The voice was made but could not be saved in the voices folder.", exc,
+                             log) from exc
             self.service.add_voices([voice])
             return voice.name
         return self.service.add_custom_voice(voice)
 
     def end_session(self, session: str) -> None:
         self.service.end_session(session)
+
+    def voice_data(self, voice_id: str) -> Voice:
+        """The voice a request names ``voice_id`` (to carry it to another copy of the model)."""
+        return self.service.voice(voice_id)
+
+    def adopt_voice(self, voice_id: str, voice: Voice) -> None:
+        """Make a voice made by another copy of the model speakable here under ``voice_id``."""
+        if voice_id == voice.name:  # a saved voice goes by its name
+            self.service.add_voices([voice])
+        elif self.service.add_custom_voice(voice) != voice_id:
+            # Ids are "name#fingerprint" of the voice's data: the same voice always gets the same id.
+            raise RequestError(f"The voice {voice_id!r} arrived with different data; make it again.")
 
     def inspect(self, conversation: Conversation, trace: Trace | None) -> Inspection:
         from .inspect import inspect

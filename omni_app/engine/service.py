@@ -54,7 +54,7 @@ class ModelService:
         self.engine = engine
         #: Per conversation: prompt memo and model caches (see :mod:`.sessions`).
         self.sessions = SessionStates(session_cache_mb * 2**20)
-        self.reuse_cache = getattr(engine, "reuses_cache", False) and session_cache_mb > 0
+        self.reuse_cache = engine.reuses_cache and session_cache_mb > 0
         #: Tokens a prompt and its reply may take together.
         self.context_tokens = context_tokens or loaded.model.thinker.config.get_text_config().max_position_embeddings
         #: Replies made at once (an engine that does not batch makes one at a time).

@@ -20,9 +20,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from ..api import BackendInfo, CancelToken, Request, VoiceList, watch_cancel
-from ..errors import BackendUnavailable, OmniError, Unsupported
-from ..events import AudioChunk, Done, Event, Stats, TextDelta
+from ..api import BackendInfo, BackendStatus, CancelToken, Request, VoiceList, watch_cancel
+from ..errors import BackendUnavailable, OmniError, Unsupported, unexpected
+from ..events import Done, Event, StreamClock
 from ..voices import Voice
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,14 @@ class ReplicaBackend:
             made = [name for name, voice in self._voices.items() if name == voice.name]  # saved ones
         return names + [name for name in made if name not in names]
 
-    @property
-    def replicas(self) -> int | None:
+    def status(self) -> BackendStatus:
+        # Each replica knows its own load; the endpoint knows how many there are.
+        return BackendStatus(replicas=self._count_replicas())
+
+    def warmup(self) -> None:
+        """Each replica warms itself up as it starts."""
+
+    def _count_replicas(self) -> int | None:
         """Model replicas running now (asked at most every few seconds)."""
         checked, count = self._replicas
         if self._status is not None and time.monotonic() - checked > 2.0:
@@ -81,29 +87,28 @@ class ReplicaBackend:
         with self._lock:
             voice = self._voices.get(request.voice) if request.voice is not None else None
         handle = self._streaming.options(session_id=request.session) if request.session else self._streaming
-        started = time.perf_counter()
+        clock = StreamClock("replica", self._info.engine)
         replies = handle.stream.remote(request, None if voice is None else (request.voice, voice))
-        texts, audio, ended = 0, 0.0, False
+        ended = False
         # Cancels the handle call the moment the token is set, even while a read waits for an event.
         with watch_cancel(cancel, replies.cancel, "omni-replica-cancel"):
             try:
                 for event in replies:
-                    if isinstance(event, TextDelta):
-                        texts += 1
-                    elif isinstance(event, AudioChunk):
-                        audio += event.seconds
-                    yield event
+                    yield clock.seen(event)
+                    if cancel is not None and cancel.is_set() and not isinstance(event, Done):
+                        break
                 ended = True
             except Exception as exc:
                 ended = True
-                if cancel is not None and cancel.is_set():
-                    # Cancelled by us: the replica stopped; the stream ends as a cancelled one does.
-                    yield Done("cancelled", Stats(None, None, time.perf_counter() - started, texts, 0, audio))
-                    return
-                raise replica_error(exc, audio) from None
+                if not (cancel is not None and cancel.is_set()):
+                    raise replica_error(exc, clock.audio_seconds) from None
             finally:
                 if not ended:  # the caller closed the stream early: stop the replica's generation
                     replies.cancel()
+            if cancel is not None and cancel.is_set() and not clock.done:
+                # Cancelled by us: the replica stopped; the stream ends as a cancelled one does.
+                replies.cancel()
+                yield clock.cut_short()
 
     def create_voice(self, name: str, reference_16k, base: str, save: bool = False) -> str:
         try:
@@ -146,6 +151,4 @@ def replica_error(exc: BaseException, audio_seconds: float) -> OmniError:
                                   "down). Ask again: another replica will answer.")
     if isinstance(exc, BackPressureError):
         return BackendUnavailable("All model replicas are full. Try again shortly.")
-    what = f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(exc).__name__}: {exc}"
-    log.error("a model replica failed: %s", exc)
-    return BackendUnavailable(f"A model replica failed ({what[:300]}).")
+    return BackendUnavailable(f"A model replica failed. {unexpected(exc, 'a model replica', log)}")

@@ -74,7 +74,7 @@ class ModelReplica:
     async def stream(self, request: Request, voice: tuple[str, Voice] | None = None) -> AsyncIterator[Event]:
         """The reply's events; ``voice`` is a voice made on another replica, with the id the request names it by."""
         if voice is not None:
-            self._adopt(*voice)
+            self.backend.adopt_voice(*voice)
         cancel = CancelToken()
         pump = Pump(self.backend.stream(request, cancel), cancel)
         try:
@@ -90,19 +90,10 @@ class ModelReplica:
     def make_voice(self, name: str, reference_16k, base: str, save: bool) -> tuple[str, Voice]:
         """Make a voice here; returns its id and the voice itself (the other replicas get it with each request)."""
         voice_id = self.backend.create_voice(name, reference_16k, base, save)
-        return voice_id, self.backend.service.voice(voice_id)
+        return voice_id, self.backend.voice_data(voice_id)
 
     def end_session(self, session: str) -> None:
         self.backend.end_session(session)
-
-    def _adopt(self, voice_id: str, voice: Voice) -> None:
-        """Make a voice from another replica speakable here under the id the request uses."""
-        service = self.backend.service
-        if voice_id == voice.name:  # a saved voice goes by its name
-            service.add_voices([voice])
-        elif service.add_custom_voice(voice) != voice_id:
-            # Ids are "name#fingerprint" of the voice's data: the same voice always gets the same id.
-            raise RuntimeError(f"voice {voice_id!r} arrived with different data")
 
 
 def _replica_id() -> str:

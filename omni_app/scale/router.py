@@ -39,6 +39,7 @@ the endpoint runs one ingress replica, so there is one table.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter, OrderedDict
 
@@ -53,6 +54,9 @@ CHOICE_SECONDS = 10.0
 END_SESSION = "end_session"
 #: Seconds a request is offered only the replica chosen for it before every replica, lightest first.
 PATIENCE_SECONDS = 3.0
+#: Seconds a sent request counts on its replica at most, should Ray never say it finished (a
+#: replica that died with it): longer than any reply, so a real one is never forgotten.
+RUNNING_SECONDS = 3600.0
 
 
 class SessionRouter(RequestRouter):
@@ -66,7 +70,9 @@ class SessionRouter(RequestRouter):
         self._max_sessions = int(max_sessions)
         self._homes: OrderedDict[str, ReplicaID] = OrderedDict()
         self._choosing: dict[str, tuple[ReplicaID, float]] = {}  # request -> (replica, when chosen)
-        self._running: dict[str, ReplicaID] = {}  # request -> replica, from sent until finished
+        self._running: dict[str, tuple[ReplicaID, float]] = {}  # request -> (replica, when sent), until finished
+        # Ray calls the router from its event loop and from the threads that finish requests.
+        self._lock = threading.Lock()
 
     def _state(self) -> None:
         # initialize_state runs when the router is configured; be safe if it was not.
@@ -78,6 +84,11 @@ class SessionRouter(RequestRouter):
         self._state()
         if not candidate_replicas:
             return []
+        with self._lock:
+            return self._choose(candidate_replicas, pending_request)
+
+    def _choose(self, candidate_replicas: list[RunningReplica],
+                pending_request: PendingRequest | None) -> list[list[RunningReplica]]:
         if pending_request is not None:
             # When no replica offered took it (all full, or slow to answer), wait a little before asking again.
             pending_request.routing_context.should_backoff = True
@@ -106,7 +117,10 @@ class SessionRouter(RequestRouter):
         for request, (_, when) in list(self._choosing.items()):
             if now - when > CHOICE_SECONDS:
                 del self._choosing[request]
-        ours = Counter(self._running.values())
+        for request, (_, when) in list(self._running.items()):
+            if now - when > RUNNING_SECONDS:
+                del self._running[request]
+        ours = Counter(replica for replica, _ in self._running.values())
         ours.update(replica for replica, _ in self._choosing.values())
         cache = self.replica_queue_len_cache
         return {r.replica_id: max(ours[r.replica_id], cache.get(r.replica_id) or 0) for r in candidates}
@@ -126,10 +140,14 @@ class SessionRouter(RequestRouter):
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result) -> None:
         self._state()
+        with self._lock:
+            self._routed(pending_request, replica_id)
+
+    def _routed(self, pending_request: PendingRequest, replica_id: ReplicaID) -> None:
         request = _meta(pending_request, "internal_request_id")
         self._choosing.pop(request, None)
         if request:
-            self._running[request] = replica_id
+            self._running[request] = (replica_id, time.monotonic())
         session = _meta(pending_request, "session_id")
         if session and _meta(pending_request, "call_method") == END_SESSION:
             self._homes.pop(session, None)
@@ -143,10 +161,11 @@ class SessionRouter(RequestRouter):
         # Ray calls this once for every request it sent, finished, failed or refused; a refused
         # one may already be on its way to another replica, where it still counts.
         self._state()
-        if self._running.get(internal_request_id) == replica_id:
-            del self._running[internal_request_id]
-        if self._choosing.get(internal_request_id, (None,))[0] == replica_id:
-            del self._choosing[internal_request_id]
+        with self._lock:
+            if self._running.get(internal_request_id, (None,))[0] == replica_id:
+                del self._running[internal_request_id]
+            if self._choosing.get(internal_request_id, (None,))[0] == replica_id:
+                del self._choosing[internal_request_id]
 
 
 def _meta(pending_request: PendingRequest | None, field: str) -> str:

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 END = object()
 #: How often a request that waits for its next event checks whether its client has gone.
 DISCONNECT_POLL_SECONDS = 0.2
+#: How long closing a stream waits for its pull in flight (a cancelled backend stops within one step).
+CLOSE_DEADLINE_SECONDS = 30.0
 
 
 class ClientGone(Exception):
@@ -97,11 +99,18 @@ class Pump:
 
     def _close(self) -> None:
         # Waits for a pull in flight: with the token set it returns within one engine step.
-        with self._pulling:
-            self._closed = True
+        self._closed = True
+        if self._pulling.acquire(timeout=CLOSE_DEADLINE_SECONDS):
             try:
                 self._events.close()
             except Exception:  # the stream is over either way; say why it did not end cleanly
                 log.exception("closing a backend stream failed")
+            finally:
+                self._pulling.release()
+        else:
+            # A backend that ignores its cancel token: the request is let go here all the same
+            # (its next pull ends the stream), and the log says which backend to look at.
+            log.error("a backend stream did not stop within %.0f s of being cancelled; letting it go",
+                      CLOSE_DEADLINE_SECONDS)
         if self._on_closed is not None:
             self._on_closed(self)

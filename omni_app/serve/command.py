@@ -25,6 +25,8 @@ def is_loopback(host: str) -> bool:
 
 def run(args, open_backend) -> int:
     """Load (or reach) the model with ``open_backend`` (the CLI's), warm it up once, serve until interrupted."""
+    import logging
+
     import uvicorn
 
     from .server import ServerSettings, make_app
@@ -36,8 +38,10 @@ def run(args, open_backend) -> int:
     )
     # open_backend reads the remote server's key from ``api_key``; ours is the one clients send.
     backend_args = SimpleNamespace(**{**vars(args), "api_key": args.backend_api_key})
+    # The log keeps what a client's error message only refers to (see omni_app.errors).
+    logging.getLogger("omni_app").setLevel(logging.INFO)
     backend = open_backend(backend_args, warmup=False)
-    if not args.no_warmup and hasattr(backend, "warmup"):
+    if not args.no_warmup:
         print("omni_app: warming up ...", flush=True)
         backend.warmup()
     if not is_loopback(args.host) and not settings.api_key:

@@ -15,13 +15,16 @@ import base64
 import binascii
 import io
 import json
+import logging
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from ..errors import BackendUnavailable, OmniError, RequestError
+from ..errors import BackendUnavailable, OmniError, RequestError, hidden
 from ..events import AudioChunk, Event, Notice, TextDelta
 from .pcm import SPEECH_RATE, from_pcm16
+
+log = logging.getLogger(__name__)
 
 DONE_LINE = "[DONE]"
 
@@ -126,7 +129,8 @@ def _wav_chunk(data: bytes, where: str) -> AudioChunk:
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
-        raise BackendUnavailable(f"The model server at {where} sent audio that could not be decoded ({exc}).") from exc
+        raise hidden(BackendUnavailable, f"The model server at {where} sent audio that could not be decoded.", exc,
+                     log) from exc
     mono = samples[:, 0] if samples.shape[1] == 1 else np.round(samples.mean(axis=1)).astype(np.int16)
     return AudioChunk(int(rate), np.ascontiguousarray(mono))
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 
 from ..config import MediaLimits
 from ..conversation import AudioPart, ImagePart, Part, TextPart, VideoPart
-from ..errors import OmniError, RequestError
+from ..errors import MediaError, OmniError, RequestError, hidden
 from ..media import load_audio, load_image, load_video
+
+log = logging.getLogger(__name__)
 
 
 class WireError(RequestError):
@@ -120,7 +123,7 @@ def _base64(text: str, where: str) -> bytes:
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise WireError(f"{where} is not valid base64 ({exc}).", where, "invalid_base64") from exc
+        raise WireError(f"{where} is not valid base64.", where, "invalid_base64") from exc
     if not data:
         raise WireError(f"{where} is empty.", where)
     return data
@@ -136,5 +139,6 @@ def _decode(media: str, data: bytes, where: str, limits: MediaLimits):
     except OmniError as exc:
         raise WireError(f"{where} ({media}): {exc}", where, "invalid_media") from exc
     except Exception as exc:  # decoders raise many kinds of errors on hostile input
-        raise WireError(f"{where} ({media}) could not be decoded ({type(exc).__name__}: {exc}).", where,
-                        "invalid_media") from exc
+        message = str(hidden(MediaError, f"{where} ({media}) could not be decoded: the data may be corrupt, cut short, "
+                                         f"or not {media}.", exc, log))
+        raise WireError(message, where, "invalid_media") from exc

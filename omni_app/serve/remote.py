@@ -17,10 +17,10 @@ from urllib.parse import quote
 
 import httpx
 
-from ..api import BackendInfo, CancelToken, Request, VoiceList, watch_cancel
-from ..config import SPEECH_SAMPLE_RATE, STOCK_VOICES
-from ..errors import BackendUnavailable, RequestError, Unsupported
-from ..events import AudioChunk, Done, Event, Stats, TextDelta
+from ..api import BackendInfo, BackendStatus, CancelToken, Request, VoiceList, watch_cancel
+from ..config import STOCK_VOICES
+from ..errors import BackendUnavailable, RequestError, Unsupported, hidden
+from ..events import Done, Event, Stats, StreamClock
 from ..media import MODEL_SAMPLE_RATE
 from . import encode
 from .dialects import ChunkReader, server_error, sse_data
@@ -45,6 +45,9 @@ class RemoteBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Reads may wait long: a request can queue behind others for the model.
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+        # Replies go on connections of their own (none kept open for reuse), so that each can be cut.
+        self._streams = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0),
+                                     limits=httpx.Limits(max_keepalive_connections=0))
         self._probe(dialect)
 
     def _probe(self, dialect: str) -> None:
@@ -84,6 +87,13 @@ class RemoteBackend:
 
     def voices(self) -> list[str]:
         return self._voices.get()
+
+    def status(self) -> BackendStatus:
+        # The server's own /health says how busy it is; a relay answers for its own requests.
+        return BackendStatus()
+
+    def warmup(self) -> None:
+        """The server warmed its model up when it started."""
 
     def _list_voices(self) -> list[str]:
         return [v["id"] for v in self._get("/v1/audio/voices")["data"]]
@@ -151,49 +161,47 @@ class RemoteBackend:
         return {"max_speech_seconds": request.limits.max_speech_seconds, "speech_sampling": request.speech_sampling}
 
     def _events(self, path: str, body: dict, cancel: CancelToken | None) -> Iterator[Event]:
-        started = time.perf_counter()
+        clock = StreamClock("server", self._info.engine)
         reader = ChunkReader(self.dialect, self.url)
-        first_text = first_audio = None
-        samples, rate, texts = 0, SPEECH_SAMPLE_RATE, 0
+        connection = Connection()
         try:
-            with self._http.stream("POST", path, json=body) as response:
+            # Watched from the start: a Stop while the server queues or reads the prompt (before
+            # it answers with headers) cuts the connection too, and the server drops the request.
+            with watch_cancel(cancel, connection.cut, "omni-remote-cancel"), \
+                    self._streams.stream("POST", path, json=body, extensions={"trace": connection.trace}) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise self._refused(response)
-                with watch_cancel(cancel, lambda: _cut(response), "omni-remote-cancel"):
-                    for data in sse_data(response.iter_lines()):
-                        for event in reader.feed(data):
-                            now = time.perf_counter() - started
-                            if isinstance(event, TextDelta):
-                                first_text = now if first_text is None else first_text
-                                texts += 1
-                            elif isinstance(event, AudioChunk):
-                                first_audio = now if first_audio is None else first_audio
-                                samples, rate = samples + len(event.samples), event.sample_rate
-                            yield event
-                        if cancel is not None and cancel.is_set():
-                            break
+                for data in sse_data(response.iter_lines()):
+                    for event in reader.feed(data):
+                        yield clock.seen(event)
+                    if cancel is not None and cancel.is_set():
+                        break
         except (httpx.HTTPError, httpx.StreamError) as exc:
             if cancel is None or not cancel.is_set():
-                if first_text is None and first_audio is None:
+                if clock.first_text is None and clock.first_audio is None:
                     raise self._unreachable(exc) from exc
-                raise BackendUnavailable(f"The model server at {self.url} stopped answering in the middle of the "
-                                         f"reply ({type(exc).__name__}: {exc}).") from exc
+                raise hidden(BackendUnavailable, f"The model server at {self.url} stopped answering in the middle "
+                             "of the reply. Ask again.", exc, log) from exc
         cancelled = cancel is not None and cancel.is_set()
         if not cancelled and reader.finish_reason is None and not reader.stats:
             raise BackendUnavailable(f"The model server at {self.url} ended the reply before finishing it.")
         server = reader.stats
         extra = {f"server_{k}": float(server[k]) for k in ("time_to_first_text", "time_to_first_audio", "total_time")
                  if server.get(k) is not None}
+        if cancelled and not server:
+            yield clock.cut_short()
+            return
         extra.update({k: float(v) for k, v in (server.get("extra") or {}).items() if isinstance(v, (int, float))})
         if server.get("seed") is not None:
             extra["seed"] = float(server["seed"])
         if reader.usage.get("prompt_tokens") is not None:
             extra["prompt_tokens"] = float(reader.usage["prompt_tokens"])
         stats = Stats(
-            time_to_first_text=first_text, time_to_first_audio=first_audio, total_time=time.perf_counter() - started,
-            text_tokens=int(server.get("text_tokens", reader.usage.get("completion_tokens", texts)) or 0),
-            codec_codes=int(server.get("codec_codes") or 0), audio_seconds=samples / rate,
+            time_to_first_text=clock.first_text, time_to_first_audio=clock.first_audio,
+            total_time=time.perf_counter() - clock.started,
+            text_tokens=int(server.get("text_tokens", reader.usage.get("completion_tokens", clock.texts)) or 0),
+            codec_codes=int(server.get("codec_codes") or 0), audio_seconds=clock.audio_seconds,
             engine=str(server.get("engine") or self._info.engine), queue_time=float(server.get("queue_time") or 0.0),
             extra=extra, served_by=str(server.get("served_by") or ""), batch_peak=int(server.get("batch_peak") or 0),
         )
@@ -244,7 +252,8 @@ class RemoteBackend:
         elif isinstance(exc, httpx.TimeoutException):
             why = "it did not answer in time"
         else:
-            why = f"{type(exc).__name__}: {exc}"
+            return hidden(BackendUnavailable, f"The model server at {self.url} can't be reached (the connection "
+                          "failed). Check that it is running and that the URL is right.", exc, log)
         return BackendUnavailable(f"The model server at {self.url} can't be reached ({why}). Check that it is running "
                                   "and that the URL is right.")
 
@@ -257,16 +266,27 @@ def base_url(url: str) -> str:
     return url[:-3].rstrip("/") if url.endswith("/v1") else url
 
 
-def _cut(response: httpx.Response) -> None:
-    """End a response whose request was cancelled, even while a read is blocked on it.
+class Connection:
+    """The TCP connection of one streamed request, so that it can be cut while a thread waits on it.
 
-    Shutting the socket down wakes the reading thread (closing it would not), and the
-    server sees the connection end and stops the generation.
+    The request runs on a client that opens a connection per request; httpx's trace hook
+    hands over the connection as it opens, before anything is sent.
     """
-    stream = response.extensions.get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed: nothing left to stop
+
+    def __init__(self) -> None:
+        self._stream = None
+
+    def trace(self, name: str, info: dict) -> None:
+        if name == "connection.connect_tcp.complete":
+            self._stream = info.get("return_value")
+
+    def cut(self) -> None:
+        """End the request now, even while a read is blocked on it: shutting the socket down
+        wakes the reading thread (closing it would not), and the server sees the connection
+        end and stops the generation, or drops the request from its queue."""
+        sock = self._stream.get_extra_info("socket") if self._stream is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: nothing left to stop

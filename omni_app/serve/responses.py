@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
 
-from ..errors import BackendUnavailable, ModelLoadError, OmniError, Unsupported
+from ..errors import BackendUnavailable, ModelLoadError, OmniError, Unsupported, unexpected
 from .parts import WireError
 from .replies import error_body
 
@@ -48,9 +48,7 @@ def error_of(exc: BaseException) -> tuple[int, dict]:
         return 500, error_body(str(exc), "server_error")
     if isinstance(exc, OmniError):
         return 400, error_body(str(exc))
-    log.error("a request failed", exc_info=exc)
-    return 500, error_body(f"The server failed to answer ({type(exc).__name__}); its log has the details.",
-                           "server_error")
+    return 500, error_body(unexpected(exc, "a request", log), "server_error")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -95,7 +93,8 @@ async def read_json(request, limit: int) -> dict:
         # A large body takes a while to parse: not on the event loop, where every stream waits.
         data = await run_in_threadpool(json.loads, bytes(body))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"The request body is not valid JSON ({exc}).") from exc
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ApiError(400, f"The request body is not valid JSON{where}.") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return data

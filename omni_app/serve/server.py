@@ -49,13 +49,13 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
     @app.get("/health")
     def health() -> dict:
         info = state.backend.info
-        busy = getattr(state.backend, "busy", None)
+        now = state.backend.status()
         # Open to anyone (no key): no description, which for a relay names the server behind it.
         return {"status": "ok", "server": "omni_app", "version": __version__, "model": info.model,
                 "engine": info.engine,
-                "busy": state.active > 0 if busy is None else bool(busy),
-                "waiting": getattr(state.backend, "waiting", None), "active": state.active,
-                "replicas": getattr(state.backend, "replicas", None), "requests": dict(state.counts)}
+                "busy": state.active > 0 if now.busy is None else now.busy,
+                "waiting": now.waiting, "active": state.active,
+                "replicas": now.replicas, "requests": dict(state.counts)}
 
     @api.get("/models")
     def models() -> dict:

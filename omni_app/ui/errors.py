@@ -2,7 +2,8 @@
 
 Handlers raise :class:`~omni_app.errors.OmniError` for what the user can fix; the wrapper
 shows its message as it is (``gr.Error``). Anything else is a bug or a failure of the
-machine: it is logged with its traceback and the user gets one line that names it.
+machine: it is logged with its traceback and the user gets one line with a reference
+that the log line carries too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 
 import gradio as gr
 
-from ..errors import OmniError
+from ..errors import OmniError, unexpected
 
 log = logging.getLogger(__name__)
 
@@ -44,5 +45,4 @@ def as_gr_error(exc: Exception, where: str = "") -> gr.Error:
         return exc
     if isinstance(exc, OmniError):
         return gr.Error(str(exc))
-    log.error("%s failed", where or "a handler", exc_info=exc)
-    return gr.Error(f"Something went wrong: {type(exc).__name__}: {exc}")
+    return gr.Error(unexpected(exc, where or "a handler", log))
