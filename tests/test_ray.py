@@ -309,3 +309,10 @@ def test_the_replicas_keep_the_contract_behind_the_endpoint_and_through_it(endpo
         report = run_contract(backend, batch=2)
         print(f"\n{name}:", json.dumps(matrix_row(report)))
         assert problems(report) == [], name
+
+
+def test_the_endpoint_answers_bad_files_with_clean_messages(endpoint, media_dir, tmp_path):
+    from test_bad_inputs import api_messages, clean, corpus
+
+    for name, (status, message) in api_messages(endpoint, corpus(media_dir, tmp_path), None).items():
+        assert status == 400 and clean(message), (name, message)
