@@ -294,11 +294,9 @@ def _resized(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def frames_to_clip(frames: list[np.ndarray], times: np.ndarray, limits: MediaLimits,
                    audio: np.ndarray | None = None) -> VideoClip:
-    """Resample timestamped RGB frames to 2 fps and resize them to the pixel budget."""
-    count = _frame_count(times, limits)
-    targets = np.arange(count) / VIDEO_FPS
-    picks = [int(np.argmin(np.abs(times - t))) for t in targets]
-    height, width = frames[0].shape[:2]
-    h, w = smart_resize(height, width, limits.video_min_pixels, video_frame_pixels(count, limits))
-    out = np.stack([_resized(frames[i], h, w) for i in picks])
-    return VideoClip(frames=out, fps=VIDEO_FPS, audio=audio)
+    """Resample timestamped RGB frames (a webcam's, in time order) to 2 fps within the pixel budget,
+    as a video file's are (:class:`FrameSampler`)."""
+    sampler = FrameSampler(limits)
+    for time, frame in zip(times, frames, strict=True):
+        sampler.add(float(time), frame)
+    return sampler.clip(audio)

@@ -130,3 +130,15 @@ def test_smart_resize_budget():
     assert h * w <= 768 * 28 * 28 and h % 28 == 0 and w % 28 == 0
     with pytest.raises(MediaError, match="aspect"):
         smart_resize(10, 5000, 100, 1000)
+
+
+def test_webcam_frames_are_sampled_like_a_files_nearest_to_each_2fps_instant():
+    from omni_app.media import frames_to_clip
+
+    # 3.3 s of frames every 0.3 s, each a different grey: at 0, 0.5, 1.0 ... the nearest is taken.
+    times = np.arange(11) * 0.3
+    frames = [np.full((56, 56, 3), 20 * k, np.uint8) for k in range(len(times))]
+    clip = frames_to_clip(frames, times, MediaLimits())
+    nearest = [int(np.argmin(np.abs(times - t))) for t in np.arange(len(clip.frames)) / 2.0]
+    assert len(clip.frames) == 6 and clip.fps == 2.0
+    assert [int(f[0, 0, 0]) // 20 for f in clip.frames] == nearest

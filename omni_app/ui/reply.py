@@ -16,7 +16,7 @@ import gradio as gr
 from ..api import Request
 from ..conversation import Part
 from ..errors import OmniError
-from ..events import AudioChunk, Done, Notice, Stats, TextDelta
+from ..events import AudioChunk, Done, Event, Notice, Stats, TextDelta
 from .context import AppContext, LastReply
 from .session import ChatSession
 
@@ -117,49 +117,59 @@ def run_reply(app: AppContext, session: ChatSession, parts: list[Part], shown: s
         messages[-1] = {"role": "assistant", "content": content}
         return session.write(cancel, messages)
 
-    status = "Thinking…"
-    yield list(messages), speech.value, status, None
+    yield list(messages), speech.value, "Thinking…", None
     text = ""
-    requested = time.monotonic()
     log.info("reply started at %.3f", time.time())
     try:
-        for event in app.backend.stream(Request(conversation, voice=voice, limits=app.limits,
-                                                session=session.key), cancel):
+        asked_for = Request(conversation, voice=voice, limits=app.limits, session=session.key)
+        for event, status in follow(app, asked_for, cancel, speech, turn, "Thinking…"):
             if not current():
                 return
-            if isinstance(event, Notice) and event.queue_position is not None:
-                status = f"⏳ {event.message}"  # still waiting for the model: nothing is made yet
-                yield list(messages), speech.value, status, None
-                continue
-            if status.startswith("⏳"):
-                status = "Thinking…"
-            speech.start()
             if isinstance(event, TextDelta):
                 text += event.text
                 if not answer(text):
                     return
-            elif isinstance(event, AudioChunk):
-                if not speech.chunks:
-                    log.info("first audio chunk sent at %.3f", time.time())
-                speech.add(event)
-            elif isinstance(event, Notice):
+            elif isinstance(event, AudioChunk) and len(speech.chunks) == 1:
+                log.info("first audio chunk sent at %.3f", time.time())
+            elif isinstance(event, Notice) and event.queue_position is None:
                 gr.Warning(event.message)
                 continue
             elif isinstance(event, Done):
                 if not answer(text or "…") or not session.write(cancel, conversation=conversation.add_assistant(text)):
                     return
                 app.remember(request, LastReply(conversation, event))
-                status = format_status(event, requested - turn.at)
-                speech.finish()
                 # A chat's key is "tab:browser session" (see Sessions.chat).
                 tab, _, browser = session.key.partition(":")
-                wav = app.speech.save_wav(browser, tab, speech)
-                yield list(messages), speech.value, status, wav
+                yield list(messages), speech.value, status, app.speech.save_wav(browser, tab, speech)
                 continue
             yield list(messages), speech.value, status, None
     except Exception as exc:
         session.write(cancel, before)
-        yield before, speech.finish(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The reply failed.", None
+        yield before, speech.finish(), failed(exc, "reply"), None
         raise
     finally:
         session.release(cancel)
+
+
+def follow(app: AppContext, request: Request, cancel, speech, turn: TurnEnd, busy: str) -> Iterator[tuple[Event, str]]:
+    """The backend's events for ``request``, each with the status line it leaves; ``speech``
+    (the page's player) is fed on the way. While the request waits for the model the
+    status shows its place; then ``busy``; after ``Done``, the reply's figures."""
+    requested = time.monotonic()
+    for event in app.backend.stream(request, cancel):
+        if isinstance(event, Notice) and event.queue_position is not None:
+            yield event, f"⏳ {event.message}"  # still waiting for the model: nothing is made yet
+            continue
+        speech.start()
+        status = busy
+        if isinstance(event, AudioChunk):
+            speech.add(event)
+        elif isinstance(event, Done):
+            speech.finish()
+            status = format_status(event, requested - turn.at)
+        yield event, status
+
+
+def failed(exc: Exception, what: str) -> str:
+    """The status line of a reply that failed (the error itself is shown by ``shown``)."""
+    return f"⚠️ {exc}" if isinstance(exc, OmniError) else f"⚠️ The {what} failed."

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import gradio as gr
 
 from ..api import Request
-from ..errors import OmniError, RequestError
+from ..errors import RequestError
 from ..events import AudioChunk, Done, Notice
 from ..media import audio_from_array
 from .context import AppContext
 from .errors import shown
 from .player import STAMP_JS, replay_player, speech_player, stop_js
-from .reply import TurnEnd, format_status
+from .reply import TurnEnd, failed, follow
 from .session import session_key
 from .widgets import turn_stamp
 
@@ -98,22 +97,17 @@ def build(app: AppContext, gpu_queue: str, chat_voice_pickers: list[gr.Dropdown]
         # How long a text reads is not known ahead: the player looks a few seconds ahead.
         reply = app.speech.new_reply(True, turn.for_page(), None)
         yield reply.value, "Speaking…", None, None
-        requested = time.monotonic()
         try:
-            for event in backend.stream(Request(voice=voice_id, limits=app.limits, speak_text=words), cancel):
-                if isinstance(event, Notice) and event.queue_position is not None:
-                    yield reply.value, f"⏳ {event.message}", None, None  # waiting for the model: nothing made yet
-                    continue
-                reply.start()
-                if isinstance(event, AudioChunk):
-                    yield reply.add(event), "Speaking…", None, None
-                elif isinstance(event, Done):
-                    reply.finish()
+            asked_for = Request(voice=voice_id, limits=app.limits, speak_text=words)
+            for event, status in follow(app, asked_for, cancel, reply, turn, "Speaking…"):
+                if isinstance(event, Done):
                     wav = app.speech.save_wav(key, "tts", reply)
-                    yield reply.value, format_status(event, requested - turn.at), wav, wav
+                    yield reply.value, status, wav, wav
+                elif isinstance(event, (AudioChunk, Notice)):
+                    yield reply.value, status, None, None
         except Exception as exc:
             # The page's player plays out what came and stops waiting; the error is shown by `shown`.
-            yield reply.finish(), f"⚠️ {exc}" if isinstance(exc, OmniError) else "⚠️ The speech failed.", None, None
+            yield reply.finish(), failed(exc, "speech"), None, None
             raise
         finally:
             session.release(cancel)
