@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 
 from omni_app.cli import add_backend_options, open_backend, quiet_libraries
-from omni_app.config import MAX_ACTIVE, TABS, GenerationLimits, MediaLimits, check_tabs
+from omni_app.config import MAX_ACTIVE, QUEUE_SIZE, TABS, GenerationLimits, MediaLimits, check_tabs
 from omni_app.errors import OmniError, RequestError
 from omni_app.vad import VadOptions
 
@@ -31,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vad-silence-ms", type=int, default=VadOptions.min_silence_ms,
                         help="pause that ends a spoken turn, in ms; users can change it in the chat tabs "
                              "(default: %(default)s)")
-    parser.add_argument("--queue-size", type=int, default=20, help="requests that may wait for the model")
+    parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE,
+                        help="requests that may wait for the model (default: %(default)s)")
     parser.add_argument("--concurrent-replies", type=int, help="replies this app asks for at once (default: the "
                         f"model's --max-batch with the model in this process; {REMOTE_CONCURRENCY} with --backend, "
                         "whose server queues them and tells each its place: one app in front of several replicas "
@@ -56,21 +56,13 @@ def main(argv=None) -> int:
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from omni_app.ui.app import CSS, build_app
-    from omni_app.ui.context import AppContext
+    from omni_app.ui.launch import serve_page
 
-    context = AppContext(backend, limits, MediaLimits(), vad)
     # A model in this process makes a batch of replies at once; a model server queues replies
     # itself and tells each its place, so an app in front of it asks for many at once.
     concurrency = args.concurrent_replies or (REMOTE_CONCURRENCY if args.backend else backend.info.max_batch or 1)
-    demo = build_app(context, tabs=tabs, concurrency=concurrency)
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
-    # A plain `kill` ends the app through the `finally` below, which removes its speech files.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
-    finally:
-        context.speech.close()
+    serve_page(backend, limits, MediaLimits(), tabs=tabs, concurrency=concurrency, queue_size=args.queue_size,
+               vad=vad, server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
 

@@ -19,6 +19,8 @@ INPUT_SAMPLE_RATE = 16000
 #: The model's own voices; a reply speaks in the first unless another is chosen.
 STOCK_VOICES = ("Chelsie", "Ethan")
 DEFAULT_VOICE = STOCK_VOICES[0]
+#: Requests the web app lets wait for the model (more are turned away until the queue shortens).
+QUEUE_SIZE = 20
 #: Requests a model server holds at once (generating or waiting for the model) unless told otherwise.
 MAX_ACTIVE = 32
 #: The most replies one model may make at once (``--max-batch``).

@@ -57,3 +57,14 @@ def test_image_endpoint_streams(live_app):
 def test_a_malformed_voice_file_does_not_stop_the_app(live_app):
     log = live_app.log.read_text()
     assert "broken.voice.safetensors is not a valid voice file" in log and "skipped" in log
+
+
+def test_the_page_carries_the_players_script_once(live_app):
+    # Four speaking tabs, one script: the page's head has it, no player repeats it.
+    marker = "window.OmniSpeech = {"
+    with urllib.request.urlopen(live_app.url) as page:
+        assert page.read().decode().count(marker) == 1
+    with urllib.request.urlopen(f"{live_app.url}config") as answer:
+        config = json.load(answer)
+    assert marker in config["head"]
+    assert not [c for c in config["components"] if marker in json.dumps(c.get("props", {}))]

@@ -46,12 +46,10 @@ def main(spacefile_path: str | Path) -> int:
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ..ui.app import CSS, build_app
-    from ..ui.context import AppContext
+    from ..ui.launch import serve_page
 
-    context = AppContext(backend, spacefile.generation_limits(), spacefile.media_limits())
-    demo = build_app(context, tabs=spacefile.tabs, concurrency=spacefile.limits.concurrency)
-    # Visitors beyond the concurrency wait in gradio's queue and see their place in it.
-    demo.queue(max_size=spacefile.limits.queue_size, default_concurrency_limit=1)
-    demo.launch(css=CSS)
+    # Visitors beyond the concurrency wait in gradio's queue and see their place in it. The
+    # host and port come from GRADIO_SERVER_NAME/PORT, which the Space sets.
+    serve_page(backend, spacefile.generation_limits(), spacefile.media_limits(), tabs=spacefile.tabs,
+               concurrency=spacefile.limits.concurrency, queue_size=spacefile.limits.queue_size)
     return 0

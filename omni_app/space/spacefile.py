@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..config import TABS, GenerationLimits, MediaLimits, check_tabs
+from ..config import QUEUE_SIZE, TABS, GenerationLimits, MediaLimits, check_tabs
 from ..errors import RequestError
 
 #: Model names a Spacefile may use, and the checkpoint each one means.
@@ -78,17 +78,18 @@ def _number(value, name: str, low: float, high: float) -> None:
 class SpaceLimits:
     """How much one visitor may ask for, and how many are served at once."""
 
-    #: Longest video, uploaded or a webcam turn, in seconds (it sets the GPU memory needed).
+    #: Longest video, uploaded or a webcam turn, in seconds (it sets the GPU memory needed;
+    #: shorter than the app's own limit, for a shared GPU).
     video_seconds: float = 30.0
     #: Longest reply in text tokens.
-    reply_tokens: int = 512
+    reply_tokens: int = GenerationLimits.max_new_tokens
     #: Longest spoken reply in seconds.
-    speech_seconds: float = 60.0
+    speech_seconds: float = GenerationLimits.max_speech_seconds
     #: Replies generated at the same time: on zero-gpu one GPU call each; on a GPU of the
     #: Space's own (or the CPU), made together by the one model, in one batch.
     concurrency: int = 1
     #: Visitors who may wait in the queue; more are turned away until it shortens.
-    queue_size: int = 20
+    queue_size: int = QUEUE_SIZE
 
     def __post_init__(self) -> None:
         _number(self.video_seconds, "limits.video_seconds", 0, 600)

@@ -34,7 +34,8 @@ def build_app(app: AppContext, tabs: Sequence[str] = TABS, concurrency: int = 1)
     """Compose the ``tabs`` (ids from :data:`~omni_app.config.TABS`; the first one named opens first).
 
     ``concurrency`` replies are generated at once (one per GPU worker on ZeroGPU; a model in
-    this process makes them in one batch). Launch with ``.queue().launch()`` (see app.py).
+    this process makes them in one batch). Serve it with :func:`omni_app.ui.launch.serve_page`,
+    whose page head carries the speech players' script.
     """
     tabs = check_tabs(tabs)
     with gr.Blocks(title="omni_app · Qwen2.5-Omni") as demo:

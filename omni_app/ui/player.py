@@ -39,13 +39,19 @@ def page_script() -> str:
     return script.replace("</", "<\\/")
 
 
+def page_head() -> str:
+    """What the page's ``<head>`` carries for every speaking tab: the players' script."""
+    return f"<script>{page_script()}</script>"
+
+
 def speech_player(name: str, store: SpeechStore) -> gr.HTML:
     """The live player of tab ``name`` (its element id is ``{name}-speech``)."""
 
     def resend(ask):
         return store.resend(ask)
 
-    return gr.HTML("", html_template=TEMPLATE, css_template=CSS, head=f"<script>{page_script()}</script>",
+    # The players' script is in the page's head once (page_head), not once per player.
+    return gr.HTML("", html_template=TEMPLATE, css_template=CSS,
                    js_on_load=f"OmniSpeech.attach({json.dumps(name)}, element, props, watch, server);",
                    elem_id=f"{name}-speech", server_functions=[resend], padding=False)
 

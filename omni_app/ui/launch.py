@@ -1,0 +1,33 @@
+"""Serving the page: the one launch sequence of ``app.py`` and of a built Space."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from ..api import Backend
+from ..config import GenerationLimits, MediaLimits
+from ..vad import VadOptions
+
+
+def serve_page(backend: Backend, limits: GenerationLimits, media: MediaLimits, *, tabs, concurrency: int,
+               queue_size: int, vad: VadOptions = VadOptions(), **launch) -> None:
+    """Build the page over ``backend`` and serve it until the process ends.
+
+    ``concurrency`` replies are asked for at once; ``queue_size`` more wait in gradio's queue,
+    each told its place. ``launch`` goes to gradio's ``launch`` (host, port, share). However
+    the process ends (a plain ``kill`` included) the speech files it wrote are removed.
+    """
+    from .app import CSS, build_app
+    from .context import AppContext
+    from .player import page_head
+
+    context = AppContext(backend, limits, media, vad)
+    demo = build_app(context, tabs=tabs, concurrency=concurrency)
+    demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    # A plain `kill` ends the app through the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        demo.launch(css=CSS, head=page_head(), **launch)
+    finally:
+        context.speech.close()
