@@ -60,7 +60,7 @@ def _open_container(source: Source):
 
     if isinstance(source, (str, Path)):
         if not Path(source).is_file():
-            raise MediaError(f"{_name(source)} was not found: it may have been removed; add it again.")
+            raise MediaError(f"{_name(source)} was not found: check its name, or upload it again.")
         if Path(source).stat().st_size == 0:
             raise MediaError(f"{_name(source)} is empty.")
         target = str(source)
@@ -154,7 +154,7 @@ def load_image(source: Union[Source, "PIL.Image.Image"], limits: MediaLimits = M
     else:
         name = _name(source)
         if isinstance(source, (str, Path)) and not Path(source).is_file():
-            raise MediaError(f"{_name(source)} was not found: it may have been removed; add it again.")
+            raise MediaError(f"{_name(source)} was not found: check its name, or upload it again.")
         try:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         except (UnidentifiedImageError, OSError) as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import RequestError
+from ..errors import RequestError, hidden
 from .build import is_built_space
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -39,7 +39,7 @@ def push_space(folder: str | Path, repo_id: str, api=None, private: bool = False
     except (TypeError, AttributeError, NameError):
         raise  # a bug here, not a refusal: keep its traceback
     except Exception as exc:  # the Hub's refusals and network failures, told in one line
-        raise RequestError(f"The upload to {repo_id} failed: {_reason(exc)}") from exc
+        raise hidden(RequestError, f"The upload to {repo_id} failed: {_reason(exc)}", exc) from exc
     return f"https://huggingface.co/spaces/{repo_id}"
 
 
@@ -47,5 +47,10 @@ def _reason(exc: Exception) -> str:
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status in (401, 403):
         return f"the Hub refused the token ({status}). {TOKEN_HELP}"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {first}"
+    if status == 404:
+        return "the Hub has no such Space, or the token may not write to it."
+    if status is not None:
+        return f"the Hub answered HTTP {status}; try again later."
+    if isinstance(exc, (OSError, ConnectionError)) or "connect" in type(exc).__name__.lower():
+        return "huggingface.co could not be reached: check the network (and HF_ENDPOINT, if set)."
+    return "the Hub did not accept it; check the token and the Space's name, and try again."
