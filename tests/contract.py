@@ -91,31 +91,46 @@ def _error(backend, req: Request) -> str:
     return "no error"
 
 
-def _queued(backend, batch: int) -> dict:
-    """``batch`` long replies hold the model; one more waits, is told its place, and is cancelled there."""
-    holders = [CancelToken() for _ in range(batch)]
-    started = [threading.Event() for _ in range(batch)]
+def _queued(backend, batch: int, tries: int = 3) -> dict:
+    """``batch`` long replies hold the model; one more waits, is told its place, and is cancelled there.
 
-    def hold(k: int) -> None:
-        for event in backend.stream(request(f"Tell a long story {k}.", LONG), holders[k]):
-            if isinstance(event, (TextDelta, AudioChunk)):
+    Where several replicas share the work, a holder may land behind another instead of on a
+    free replica and only start when that one ends: then the model was never full, and the
+    case is tried again (the report says how many tries it took).
+    """
+    for attempt in range(1, tries + 1):
+        holders = [CancelToken() for _ in range(batch)]
+        started = [threading.Event() for _ in range(batch)]
+        ended = [threading.Event() for _ in range(batch)]
+
+        def hold(k: int, holders=holders, started=started, ended=ended) -> None:
+            try:
+                for event in backend.stream(request(f"Tell a long story {k}.", LONG), holders[k]):
+                    if isinstance(event, (TextDelta, AudioChunk)):
+                        started[k].set()
+            finally:
+                ended[k].set()
                 started[k].set()
-        started[k].set()
 
-    threads = [threading.Thread(target=hold, args=(k,), daemon=True) for k in range(batch)]
-    for thread in threads:
-        thread.start()
-    try:
-        for event in started:
-            event.wait(120)
-        out = _cancel_on(backend, request("And me?", LONG),
-                         lambda e: isinstance(e, Notice) and e.queue_position is not None)
-    finally:
-        for token in holders:
-            token.cancel()
+        threads = [threading.Thread(target=hold, args=(k,), daemon=True) for k in range(batch)]
         for thread in threads:
-            thread.join(120)
-    return out
+            thread.start()
+        try:
+            for event in started:
+                event.wait(120)
+            if any(e.is_set() for e in ended):
+                continue  # a holder ended before the model was full: not a queue
+            out = _cancel_on(backend, request("And me?", LONG),
+                             lambda e: isinstance(e, Notice) and e.queue_position is not None)
+            out["tries"] = attempt
+            return out
+        finally:
+            for token in holders:
+                token.cancel()
+            for thread in threads:
+                thread.join(120)
+    return {"dones": 0, "ends_with_done": False, "texts": 0, "chunks": 0, "chunk_seconds": 0.0, "places": [],
+            "chunks_after_cancel": None, "tries": tries}
 
 
 def run_contract(backend, batch: int | None = None) -> dict:
@@ -166,9 +181,10 @@ def problems(report: dict) -> list[str]:
         check(r["dones"] == 1 and r["ends_with_done"] and r.get("reason") == "cancelled", f"{case}: Done(cancelled)")
         check(r["chunks_after_cancel"] is not None and r["chunks_after_cancel"] <= AFTER_CANCEL,
               f"{case}: silent within one step ({r['chunks_after_cancel']} chunks after)")
-        check(abs(r["audio_seconds"] - r["chunk_seconds"]) < 1e-3, f"{case}: audio_seconds = the chunks' length")
-        check((r["first_text"] is not None) == (r["texts"] > 0), f"{case}: time to first text kept where known")
-        check((r["first_audio"] is not None) == (r["chunks"] > 0), f"{case}: time to first audio kept where known")
+        check(abs(r.get("audio_seconds", -1) - r["chunk_seconds"]) < 1e-3,
+              f"{case}: audio_seconds = the chunks' length")
+        check((r.get("first_text") is not None) == (r["texts"] > 0), f"{case}: time to first text kept where known")
+        check((r.get("first_audio") is not None) == (r["chunks"] > 0), f"{case}: time to first audio kept where known")
     prefill = report["prefill"].get("first_text") or 0.0
     check(report["cancel_prefill"]["texts"] == 0 and report["cancel_prefill"]["seconds"] < prefill / 2,
           f"cancel_prefill: stopped while the prompt was read ({report['cancel_prefill']['seconds']:.2f} s; "

@@ -316,3 +316,17 @@ def test_the_endpoint_answers_bad_files_with_clean_messages(endpoint, media_dir,
 
     for name, (status, message) in api_messages(endpoint, corpus(media_dir, tmp_path), None).items():
         assert status == 400 and clean(message), (name, message)
+
+
+def test_a_realtime_conversation_through_the_endpoint(endpoint):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{endpoint}/v1", api_key="none").realtime.connect(model="tiny") as conn:
+        assert conn.recv().type == "session.created"
+        conn.conversation.item.create(item={"type": "message", "role": "user",
+                                            "content": [{"type": "input_text", "text": "Hello there."}]})
+        conn.response.create(response={"max_output_tokens": 100})  # 100 text tokens, 2 s of speech at most
+        kinds = []
+        while (event := conn.recv()).type != "response.done":
+            kinds.append(event.type)
+        assert "response.output_audio.delta" in kinds and event.response.status in ("completed", "incomplete")

@@ -84,6 +84,13 @@ def user_parts(content, where: str, limits: MediaLimits) -> tuple[Part, ...]:
     return tuple(parts)
 
 
+def image_from_data_url(url: str, where: str, limits: MediaLimits):
+    """An image sent as a ``data:`` URL, decoded and checked."""
+    if not isinstance(url, str):
+        raise WireError(f"{where} must be a data: URL.", where)
+    return _decode("image", _data_url(url, where), where, limits)
+
+
 def audio_bytes(value, where: str) -> bytes:
     """Audio given as a ``data:`` URL, or as ``{"data": base64, "format": ...}``."""
     if isinstance(value, str):

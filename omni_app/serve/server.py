@@ -7,6 +7,8 @@ mount it as its ingress. Endpoints:
 - ``POST /v1/chat/completions``: text, images, audio and videos in; text, or text and
   speech out, streamed as it is generated (``stream: true``) or whole;
 - ``POST /v1/audio/speech``: exactly the given text, spoken; the body streams;
+- ``WS /v1/realtime``: a spoken conversation over a WebSocket, OpenAI's Realtime API (see
+  :mod:`.realtime`);
 - ``GET /v1/models``; ``GET /health`` (no key needed);
 - extensions: ``GET/POST /v1/audio/voices`` (list, make a voice from a recording) and
   ``DELETE /v1/sessions/{id}`` (a conversation is over).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -26,6 +28,7 @@ from ..errors import Unsupported
 from ..events import AudioChunk, Done
 from .bridge import END, ClientGone, Pump
 from .pcm import SPEECH_RATE, pcm16, wav_header
+from .realtime import realtime_endpoint
 from .replies import ChatChunks, speech_delta, speech_done, whole_reply
 from .responses import ApiError, ClosingStreamingResponse, error_of, install_error_handlers, read_json, sse
 from .state import ServerSettings, ServerState
@@ -89,6 +92,11 @@ def make_app(backend: Backend, settings: ServerSettings = ServerSettings()) -> F
     def end_session(session: str) -> dict:
         state.backend.end_session(session)
         return {"id": session, "object": "session", "deleted": True}
+
+    @app.websocket("/v1/realtime")
+    async def realtime(ws: WebSocket):
+        # The key is checked by the endpoint itself: a browser sends it as a subprotocol.
+        await realtime_endpoint(ws, state)
 
     @api.post("/chat/completions")
     async def chat_completions(request: Request):

@@ -1,0 +1,383 @@
+"""``WS /v1/realtime``: a spoken conversation over one WebSocket, as OpenAI's Realtime API holds it.
+
+A client streams microphone audio in (``input_audio_buffer.append``); the server hears
+where each turn ends (silero VAD, one detector per connection) or the client commits the
+buffer itself; the reply streams back as speech and its transcript while it is made. Speech
+during a reply cancels it, and ``conversation.item.truncate`` cuts the reply's text to what
+was heard. The conversation lives with the connection (its caches are the model's session
+for it) and goes when the socket closes. Replies go through the server's admission and the
+model's scheduler like any other request, so many connections are batched together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from dataclasses import replace
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..api import Request
+from ..config import SPEECH_SAMPLE_RATE
+from ..conversation import AudioPart, Conversation, TextPart, Turn
+from ..errors import OmniError, unexpected
+from ..events import AudioChunk, Done, TextDelta
+from ..media import audio_from_array
+from .bridge import END
+from .parts import WireError
+from .pcm import b64, pcm16
+from .realtime_input import InputAudio, Started
+from .realtime_wire import (
+    Ids,
+    RealtimeConfig,
+    error_event,
+    item_parts,
+    message_item,
+    output_tokens,
+    response_json,
+    updated,
+)
+from .responses import error_of
+from .state import ServerState
+
+log = logging.getLogger(__name__)
+
+#: A client that has not taken an event for this long is cut off (its reply is cancelled).
+SEND_SECONDS = 10.0
+
+
+class ClientTooSlow(Exception):
+    """The client stopped taking events."""
+
+
+class RealtimeConnection:
+    """One client's session: its settings, input buffer, conversation and reply in progress."""
+
+    def __init__(self, ws: WebSocket, state: ServerState) -> None:
+        self.ws = ws
+        self.state = state
+        self.ids = Ids()
+        self.id = self.ids("sess")
+        self.model = state.backend.info.model
+        self.config = RealtimeConfig(voice=state.default_voice())
+        self.conversation = Conversation()
+        #: item id -> (index of its turn in the conversation, seconds of speech it was given)
+        self.items: dict[str, tuple[int, float]] = {}
+        self.last_item: str | None = None
+        self.input = InputAudio(state.settings.media.max_audio_seconds)
+        self.speech_item: str | None = None
+        self.reply: asyncio.Task | None = None
+        self.reply_cancel = None
+        self._send_lock = asyncio.Lock()
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def send(self, event: dict) -> None:
+        event.setdefault("event_id", self.ids("event"))
+        async with self._send_lock:
+            try:
+                await asyncio.wait_for(self.ws.send_text(json.dumps(event, separators=(",", ":"))), SEND_SECONDS)
+            except TimeoutError:
+                raise ClientTooSlow() from None
+
+    async def refuse(self, exc: Exception, client_event: str | None) -> None:
+        if isinstance(exc, WireError):
+            await self.send(error_event(self.ids("event"), str(exc), exc.param, exc.code, client_event))
+        elif isinstance(exc, OmniError):
+            status, body = error_of(exc)
+            error = body["error"]
+            await self.send(error_event(self.ids("event"), error["message"], error.get("param"), error.get("code"),
+                                        client_event, error.get("type") or "invalid_request_error"))
+        else:
+            await self.send(error_event(self.ids("event"), unexpected(exc, "a realtime event", log), None, None,
+                                        client_event, "server_error"))
+
+    # -- the connection ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.send({"type": "session.created", "session": self.config.as_json(self.id, self.model)})
+        try:
+            while True:
+                try:
+                    text = await self.ws.receive_text()
+                except WebSocketDisconnect:
+                    return
+                except (RuntimeError, KeyError):  # a binary frame: not an event
+                    await self.send(error_event(self.ids("event"), "Events are JSON text frames.", None,
+                                                "invalid_event"))
+                    continue
+                event, client_id = None, None
+                try:
+                    event = json.loads(text)
+                    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                        raise WireError("An event is a JSON object with a 'type'.", "type", "invalid_event")
+                    client_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+                    await self.handle(event)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    if isinstance(exc, WireError):
+                        await self.refuse(exc, client_id)
+                    else:
+                        await self.send(error_event(self.ids("event"), "The event is not valid JSON.", None,
+                                                    "invalid_json"))
+                except (ClientTooSlow, WebSocketDisconnect):
+                    raise
+                except Exception as exc:  # every other mistake is told, and the session goes on
+                    await self.refuse(exc, client_id)
+        except ClientTooSlow:
+            log.warning("realtime session %s: the client stopped reading; closing it", self.id)
+            await self._close(1008, "The client did not read the server's events in time.")
+        finally:
+            await self._end()
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, reason=reason), 2.0)
+        except Exception:  # noqa: BLE001 - the socket may be gone already
+            pass
+
+    async def _end(self) -> None:
+        """The socket is gone: stop the reply and free what the model kept for this conversation."""
+        if self.reply is not None and not self.reply.done():
+            self.reply_cancel.cancel()
+            self.reply.cancel()
+        await run_in_threadpool(self.state.backend.end_session, self.id)
+
+    # -- client events -------------------------------------------------------------------
+
+    async def handle(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "session.update":
+            self.config = updated(self.config, event.get("session"), self.state.backend.voices())
+            await self.send({"type": "session.updated", "session": self.config.as_json(self.id, self.model)})
+        elif kind == "input_audio_buffer.append":
+            await self.append(event.get("audio"))
+        elif kind == "input_audio_buffer.commit":
+            if not len(self.input.buffer):
+                raise WireError("The input audio buffer is empty: append audio before committing.", None,
+                                "input_audio_buffer_commit_empty")
+            await self.commit(self.input.take())
+        elif kind == "input_audio_buffer.clear":
+            self.input.clear()
+            await self.send({"type": "input_audio_buffer.cleared"})
+        elif kind == "conversation.item.create":
+            await self.add_item(event.get("item"))
+        elif kind == "conversation.item.truncate":
+            await self.truncate(event)
+        elif kind == "response.create":
+            if self.reply is not None and not self.reply.done():
+                raise WireError("A response is already in progress: cancel it first (response.cancel).", None,
+                                "conversation_already_has_active_response")
+            asked = event.get("response") if isinstance(event.get("response"), dict) else {}
+            if asked.get("tools"):
+                raise WireError("response.tools: tools are not supported by this server.", "response.tools",
+                                "unsupported_field")
+            config = self.config
+            if "max_output_tokens" in asked:
+                config = replace(config, max_output_tokens=output_tokens(asked["max_output_tokens"],
+                                                                          "response.max_output_tokens"))
+            self.start_reply(config)
+        elif kind == "response.cancel":
+            await self.cancel_reply("client_cancelled")
+        else:
+            raise WireError(f"Unknown or unsupported event type {kind!r}.", "type", "invalid_event")
+
+    async def append(self, audio) -> None:
+        if not isinstance(audio, str):
+            raise WireError("input_audio_buffer.append needs 'audio': base64 16-bit PCM at 24 kHz, mono.", "audio")
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise WireError("audio is not valid base64.", "audio", "invalid_base64") from None
+        if len(data) % 2:
+            raise WireError("audio must be 16-bit PCM: an even number of bytes.", "audio", "invalid_audio")
+        detection = self.config.turn_detection
+        for happened in await run_in_threadpool(self.input.append, np.frombuffer(data, "<i2"), detection):
+            if isinstance(happened, Started):
+                self.speech_item = self.ids("item")
+                await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": happened.at_ms,
+                                 "item_id": self.speech_item})
+                if detection.interrupt_response:
+                    await self.cancel_reply("turn_detected")
+            else:
+                await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": happened.at_ms,
+                                 "item_id": self.speech_item})
+                await self.commit(happened.audio, self.speech_item)
+                if detection.create_response:
+                    if self.reply is not None and not self.reply.done():
+                        await asyncio.wait({self.reply})  # the interrupted one ends within a step
+                    self.start_reply()
+
+    async def commit(self, samples: np.ndarray, item_id: str | None = None) -> None:
+        """Committed input audio becomes a user item."""
+        item_id = item_id or self.ids("item")
+        audio = await run_in_threadpool(audio_from_array, samples, SPEECH_SAMPLE_RATE, self.state.settings.media,
+                                        "The input audio")
+        previous = self.last_item
+        self._add_turn(item_id, Turn("user", (AudioPart(audio),)))
+        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
+        item = message_item(item_id, "user", [{"type": "input_audio", "transcript": None}])
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
+        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
+
+    async def add_item(self, item) -> None:
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            raise WireError("item must be a message (function calls are not supported).", "item.type",
+                            "unsupported_field")
+        role, content = item.get("role"), item.get("content")
+        if role not in ("user", "assistant"):
+            raise WireError("item.role must be 'user' or 'assistant' (put instructions in session.instructions).",
+                            "item.role")
+        if not isinstance(content, list) or not content:
+            raise WireError("item.content must be a non-empty list of parts.", "item.content")
+        parts = await run_in_threadpool(item_parts, role, content, self.state.settings.media)
+        item_id = item.get("id") if isinstance(item.get("id"), str) else self.ids("item")
+        previous = self.last_item
+        self._add_turn(item_id, Turn(role, parts))
+        shown = message_item(item_id, role, [{k: v for k, v in c.items() if k not in ("audio", "image_url")}
+                                             for c in content])
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": shown})
+        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": shown})
+
+    def _add_turn(self, item_id: str, turn: Turn, speech_seconds: float = 0.0) -> None:
+        self.conversation = replace(self.conversation, turns=self.conversation.turns + (turn,))
+        self.items[item_id] = (len(self.conversation.turns) - 1, speech_seconds)
+        self.last_item = item_id
+
+    async def truncate(self, event: dict) -> None:
+        item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
+        if item_id not in self.items:
+            raise WireError(f"There is no item {item_id!r} in this conversation.", "item_id", "item_not_found")
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
+            raise WireError("audio_end_ms must be a whole number of milliseconds.", "audio_end_ms")
+        index, seconds = self.items[item_id]
+        turn = self.conversation.turns[index]
+        if turn.role != "assistant" or seconds <= 0:
+            raise WireError("Only an assistant item with speech can be truncated.", "item_id")
+        if end_ms > seconds * 1000 + 1:
+            raise WireError(f"audio_end_ms is past the end of the item's audio ({seconds * 1000:.0f} ms).",
+                            "audio_end_ms")
+        # What was heard: the share of the words that the share of the speech played carried.
+        words = turn.text.split()
+        heard = " ".join(words[: round(len(words) * min(1.0, end_ms / (seconds * 1000)))])
+        turns = list(self.conversation.turns)
+        turns[index] = Turn("assistant", (TextPart(heard or "…"),))
+        self.conversation = replace(self.conversation, turns=tuple(turns))
+        self.items[item_id] = (index, end_ms / 1000)
+        await self.send({"type": "conversation.item.truncated", "item_id": item_id,
+                         "content_index": event.get("content_index", 0), "audio_end_ms": end_ms})
+
+    # -- replies -------------------------------------------------------------------------
+
+    def start_reply(self, config: RealtimeConfig | None = None) -> None:
+        if not self.conversation.turns or self.conversation.turns[-1].role != "user":
+            raise WireError("There is nothing to answer: add a user item (or speak) first.", None,
+                            "conversation_empty")
+        self.reply = asyncio.create_task(self._reply(self.ids("resp"), config or self.config))
+
+    async def cancel_reply(self, reason: str) -> None:
+        if self.reply is not None and not self.reply.done() and self.reply_cancel is not None:
+            self.reply_cancel.cancel()
+            self.cancel_reason = reason
+
+    async def _reply(self, response_id: str, config: RealtimeConfig) -> None:
+        conversation = self.conversation
+        if config.instructions.strip():
+            conversation = replace(conversation, system_prompt=f"{conversation.system_prompt}\n\n{config.instructions}")
+        request = Request(conversation, voice=config.voice if config.speaks else None,
+                          limits=config.limits(self.state.settings.limits), session=self.id)
+        item_id = self.ids("item")
+        text, samples, done, status, reason = "", 0, None, "completed", None
+        self.cancel_reason = "client_cancelled"
+        pump = None
+        try:
+            async with self.state.admitted() as place:
+                pump = self.state.open(request, place)
+            self.reply_cancel = pump.cancel
+            await self.send({"type": "response.created", "response": response_json(response_id, "in_progress", [],
+                                                                                    config)})
+            base = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+            part = {"type": "audio" if config.speaks else "text", "transcript" if config.speaks else "text": ""}
+            await self.send({"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
+                             "item": message_item(item_id, "assistant", [], "in_progress")})
+            await self.send({"type": "response.content_part.added", **base, "part": part})
+            while (event := await pump.next()) is not END:
+                if isinstance(event, Done):
+                    done = event
+                elif pump.cancel.is_set():
+                    continue  # cancelled: nothing more goes out, the model stops within a step
+                elif isinstance(event, TextDelta):
+                    text += event.text
+                    kind = "response.output_audio_transcript.delta" if config.speaks else "response.output_text.delta"
+                    await self.send({"type": kind, **base, "delta": event.text})
+                elif isinstance(event, AudioChunk):
+                    samples += len(event.samples)
+                    await self.send({"type": "response.output_audio.delta", **base,
+                                     "delta": b64(pcm16(event.samples))})
+        except ClientTooSlow:
+            raise
+        except Exception as exc:
+            status = "failed"
+            if pump is not None:
+                pump.failed = True
+            await self.refuse(exc, None)
+        finally:
+            if pump is not None:
+                pump.close()
+        if status != "failed" and done is not None and done.reason == "cancelled":
+            status, reason = "cancelled", self.cancel_reason
+        elif status != "failed" and done is not None and done.reason == "length":
+            status, reason = "incomplete", "max_output_tokens"
+        seconds = samples / SPEECH_SAMPLE_RATE
+        content = [{"type": "output_audio", "transcript": text} if config.speaks else {"type": "output_text",
+                                                                                         "text": text}]
+        item = message_item(item_id, "assistant", content, "completed" if status == "completed" else "incomplete")
+        if text.strip():
+            self._add_turn(item_id, Turn("assistant", (TextPart(text),)), seconds)
+        if pump is not None:
+            base = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+            if config.speaks:
+                await self.send({"type": "response.output_audio.done", **base})
+                await self.send({"type": "response.output_audio_transcript.done", **base, "transcript": text})
+            else:
+                await self.send({"type": "response.output_text.done", **base, "text": text})
+            await self.send({"type": "response.content_part.done", **base, "part": content[0]})
+            await self.send({"type": "response.output_item.done", "response_id": response_id, "output_index": 0,
+                             "item": item})
+        await self.send({"type": "response.done", "response": response_json(
+            response_id, status, [item] if pump is not None else [], config, done, reason)})
+
+
+async def realtime_endpoint(ws: WebSocket, state: ServerState) -> None:
+    """Accept the socket when the key is right (a bearer header, or the browsers' subprotocol), then serve it."""
+    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    key = state.settings.api_key
+    if key:
+        scheme, _, given = ws.headers.get("authorization", "").partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""
+        prefix = "openai-insecure-api-key."
+        given = given or next((p[len(prefix):] for p in offered if p.startswith(prefix)), "")
+        import hmac
+
+        if not given or not hmac.compare_digest(given.encode(), key.encode()):
+            await _deny(ws)
+            return
+    await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
+    await RealtimeConnection(ws, state).run()
+
+
+async def _deny(ws: WebSocket) -> None:
+    """401 before the upgrade, where the server can send one; else the socket is refused."""
+    from starlette.responses import JSONResponse
+
+    from .replies import error_body
+
+    body = error_body("This server needs an API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key")
+    try:
+        await ws.send_denial_response(JSONResponse(body, status_code=401))
+    except RuntimeError:
+        await ws.close(code=1008)
