@@ -255,3 +255,64 @@ def test_two_connections_at_once_stay_apart(server):
         assert [e for e in events if e.type == "response.done"][0].response.status in ("completed", "incomplete")
     items = [next(e for e in events if e.type == "conversation.item.added").item.content[0].text for events in (a, b)]
     assert items == ["Hello", "Goodbye"]
+
+
+class Recording:
+    """The model in this process, noting each request it is asked (what the next turn's context was)."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self.requests: list = []
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def stream(self, request, cancel=None):
+        self.requests.append(request)
+        return self._backend.stream(request, cancel)
+
+
+def test_after_a_truncate_the_next_turn_knows_only_what_was_heard(service):
+    import json
+
+    from starlette.testclient import TestClient
+
+    from omni_app.config import GenerationLimits
+    from omni_app.engine.local import LocalBackend
+    from omni_app.serve.server import ServerSettings, make_app
+
+    backend = Recording(LocalBackend(service))
+    app = make_app(backend, ServerSettings(limits=GenerationLimits(max_new_tokens=40, max_speech_seconds=4)))
+
+    def until_type(ws, kind):
+        while (event := json.loads(ws.receive_text()))["type"] != kind:
+            pass
+        return event
+
+    with TestClient(app) as http, http.websocket_connect("/v1/realtime?model=tiny") as ws:
+        until_type(ws, "session.created")
+        ws.send_text(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me a story."}]}}))
+        ws.send_text(json.dumps({"type": "response.create"}))
+        done = until_type(ws, "response.done")["response"]
+        said = done["output"][0]["content"][0]["transcript"]
+        assert len(said) >= 8
+        ws.send_text(json.dumps({"type": "conversation.item.truncate", "item_id": done["output"][0]["id"],
+                                 "content_index": 0, "audio_end_ms": 1000}))  # a quarter of its 4 s was heard
+        until_type(ws, "conversation.item.truncated")
+        ws.send_text(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Go on."}]}}))
+        ws.send_text(json.dumps({"type": "response.create"}))
+        until_type(ws, "response.done")
+    heard = backend.requests[-1].conversation.turns[1]
+    assert heard.role == "assistant" and said.startswith(heard.text) and 0 < len(heard.text) < len(said)
+    assert abs(len(heard.text) - len(said) / 4) <= max(len(w) for w in said.split()) + 1
+
+
+def test_what_was_heard_is_that_share_of_the_text_without_half_words():
+    from omni_app.serve.realtime_wire import heard_share
+
+    assert heard_share("one two three four five six seven eight", 0.5) == "one two three four"
+    assert heard_share("one two three four five six seven eight", 0.42) == "one two three"  # not "fo"
+    assert heard_share("今天天气很好我们去公园吧", 0.5) == "今天天气很好"
+    assert heard_share("anything", 0.0) == "" and heard_share("all of it", 1.0) == "all of it"

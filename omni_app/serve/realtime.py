@@ -36,6 +36,7 @@ from .realtime_wire import (
     Ids,
     RealtimeConfig,
     error_event,
+    heard_share,
     item_parts,
     message_item,
     output_tokens,
@@ -261,9 +262,7 @@ class RealtimeConnection:
         if end_ms > seconds * 1000 + 1:
             raise WireError(f"audio_end_ms is past the end of the item's audio ({seconds * 1000:.0f} ms).",
                             "audio_end_ms")
-        # What was heard: the share of the words that the share of the speech played carried.
-        words = turn.text.split()
-        heard = " ".join(words[: round(len(words) * min(1.0, end_ms / (seconds * 1000)))])
+        heard = heard_share(turn.text, end_ms / (seconds * 1000))
         turns = list(self.conversation.turns)
         turns[index] = Turn("assistant", (TextPart(heard or "…"),))
         self.conversation = replace(self.conversation, turns=tuple(turns))

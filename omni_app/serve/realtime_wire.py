@@ -199,6 +199,16 @@ def item_parts(role: str, content: list, media: MediaLimits) -> tuple:
     return tuple(parts)
 
 
+def heard_share(text: str, fraction: float) -> str:
+    """What a listener heard of a reply whose speech was played up to ``fraction``: that share of
+    its text, by characters (Chinese has no spaces), without a half word where there are words."""
+    cut = round(len(text) * max(0.0, min(1.0, fraction)))
+    head = text[:cut]
+    if cut < len(text) and not text[cut].isspace() and " " in head.strip():
+        head = head[: head.rstrip().rfind(" ")]
+    return head.rstrip()
+
+
 class Ids:
     """Event and item ids, unique within the server."""
 
