@@ -316,3 +316,35 @@ def test_what_was_heard_is_that_share_of_the_text_without_half_words():
     assert heard_share("one two three four five six seven eight", 0.42) == "one two three"  # not "fo"
     assert heard_share("今天天气很好我们去公园吧", 0.5) == "今天天气很好"
     assert heard_share("anything", 0.0) == "" and heard_share("all of it", 1.0) == "all of it"
+
+
+def test_a_long_conversation_keeps_its_latest_turns_only(service, monkeypatch):
+    import json
+
+    from starlette.testclient import TestClient
+
+    from omni_app.config import GenerationLimits
+    from omni_app.engine.local import LocalBackend
+    from omni_app.serve import realtime
+    from omni_app.serve.server import ServerSettings, make_app
+
+    monkeypatch.setattr(realtime, "MAX_TURNS", 3)
+    backend = Recording(LocalBackend(service))
+    app = make_app(backend, ServerSettings(limits=GenerationLimits(max_new_tokens=4, max_speech_seconds=0.5)))
+    with TestClient(app) as http, http.websocket_connect("/v1/realtime?model=tiny") as ws:
+        json.loads(ws.receive_text())
+        ids = []
+        for k in range(5):
+            ws.send_text(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"turn {k}"}]}}))
+            while (event := json.loads(ws.receive_text()))["type"] != "conversation.item.done":
+                pass
+            ids.append(event["item"]["id"])
+        ws.send_text(json.dumps({"type": "conversation.item.truncate", "item_id": ids[0], "audio_end_ms": 0}))
+        while (event := json.loads(ws.receive_text()))["type"] != "error":
+            pass
+        assert event["error"]["code"] == "item_not_found"  # gone with the oldest turns
+        ws.send_text(json.dumps({"type": "response.create"}))
+        while json.loads(ws.receive_text())["type"] != "response.done":
+            pass
+    assert [t.text for t in backend.requests[-1].conversation.turns] == ["turn 2", "turn 3", "turn 4"]

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: A client that has not taken an event for this long is cut off (its reply is cancelled).
 SEND_SECONDS = 10.0
+#: Turns a connection keeps (each may hold a minute of audio or an image).
+MAX_TURNS = 64
 
 
 class ClientTooSlow(Exception):
@@ -245,7 +247,12 @@ class RealtimeConnection:
         await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": shown})
 
     def _add_turn(self, item_id: str, turn: Turn, speech_seconds: float = 0.0) -> None:
-        self.conversation = replace(self.conversation, turns=self.conversation.turns + (turn,))
+        turns = self.conversation.turns + (turn,)
+        # Bounded: the oldest turns go (the model's context budget left them out of the prompt long before).
+        dropped = max(0, len(turns) - MAX_TURNS)
+        if dropped:
+            self.items = {k: (i - dropped, s) for k, (i, s) in self.items.items() if i >= dropped}
+        self.conversation = replace(self.conversation, turns=turns[dropped:])
         self.items[item_id] = (len(self.conversation.turns) - 1, speech_seconds)
         self.last_item = item_id
 
