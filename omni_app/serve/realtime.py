@@ -22,17 +22,15 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..api import Request
 from ..config import SPEECH_SAMPLE_RATE
 from ..conversation import AudioPart, Conversation, TextPart, Turn
 from ..errors import OmniError, unexpected
-from ..events import AudioChunk, Done, TextDelta
 from ..media import audio_from_array
-from .bridge import END
 from .parts import WireError
-from .pcm import b64, pcm16
 from .realtime_input import InputAudio, Started
+from .realtime_reply import run_reply
 from .realtime_wire import (
+    ClientTooSlow,
     Ids,
     RealtimeConfig,
     error_event,
@@ -40,7 +38,6 @@ from .realtime_wire import (
     item_parts,
     message_item,
     output_tokens,
-    response_json,
     updated,
 )
 from .responses import error_of
@@ -52,10 +49,6 @@ log = logging.getLogger(__name__)
 SEND_SECONDS = 10.0
 #: Turns a connection keeps (each may hold a minute of audio or an image).
 MAX_TURNS = 64
-
-
-class ClientTooSlow(Exception):
-    """The client stopped taking events."""
 
 
 class RealtimeConnection:
@@ -221,7 +214,7 @@ class RealtimeConnection:
         audio = await run_in_threadpool(audio_from_array, samples, SPEECH_SAMPLE_RATE, self.state.settings.media,
                                         "The input audio")
         previous = self.last_item
-        self._add_turn(item_id, Turn("user", (AudioPart(audio),)))
+        self.add_turn(item_id, Turn("user", (AudioPart(audio),)))
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         item = message_item(item_id, "user", [{"type": "input_audio", "transcript": None}])
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
@@ -240,13 +233,13 @@ class RealtimeConnection:
         parts = await run_in_threadpool(item_parts, role, content, self.state.settings.media)
         item_id = item.get("id") if isinstance(item.get("id"), str) else self.ids("item")
         previous = self.last_item
-        self._add_turn(item_id, Turn(role, parts))
+        self.add_turn(item_id, Turn(role, parts))
         shown = message_item(item_id, role, [{k: v for k, v in c.items() if k not in ("audio", "image_url")}
                                              for c in content])
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": shown})
         await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": shown})
 
-    def _add_turn(self, item_id: str, turn: Turn, speech_seconds: float = 0.0) -> None:
+    def add_turn(self, item_id: str, turn: Turn, speech_seconds: float = 0.0) -> None:
         turns = self.conversation.turns + (turn,)
         # Bounded: the oldest turns go (the model's context budget left them out of the prompt long before).
         dropped = max(0, len(turns) - MAX_TURNS)
@@ -283,79 +276,12 @@ class RealtimeConnection:
         if not self.conversation.turns or self.conversation.turns[-1].role != "user":
             raise WireError("There is nothing to answer: add a user item (or speak) first.", None,
                             "conversation_empty")
-        self.reply = asyncio.create_task(self._reply(self.ids("resp"), config or self.config))
+        self.reply = asyncio.create_task(run_reply(self, self.ids("resp"), config or self.config))
 
     async def cancel_reply(self, reason: str) -> None:
         if self.reply is not None and not self.reply.done() and self.reply_cancel is not None:
             self.reply_cancel.cancel()
             self.cancel_reason = reason
-
-    async def _reply(self, response_id: str, config: RealtimeConfig) -> None:
-        conversation = self.conversation
-        if config.instructions.strip():
-            conversation = replace(conversation, system_prompt=f"{conversation.system_prompt}\n\n{config.instructions}")
-        request = Request(conversation, voice=config.voice if config.speaks else None,
-                          limits=config.limits(self.state.settings.limits), session=self.id)
-        item_id = self.ids("item")
-        text, samples, done, status, reason = "", 0, None, "completed", None
-        self.cancel_reason = "client_cancelled"
-        pump = None
-        try:
-            async with self.state.admitted() as place:
-                pump = self.state.open(request, place)
-            self.reply_cancel = pump.cancel
-            await self.send({"type": "response.created", "response": response_json(response_id, "in_progress", [],
-                                                                                    config)})
-            base = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
-            part = {"type": "audio" if config.speaks else "text", "transcript" if config.speaks else "text": ""}
-            await self.send({"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
-                             "item": message_item(item_id, "assistant", [], "in_progress")})
-            await self.send({"type": "response.content_part.added", **base, "part": part})
-            while (event := await pump.next()) is not END:
-                if isinstance(event, Done):
-                    done = event
-                elif pump.cancel.is_set():
-                    continue  # cancelled: nothing more goes out, the model stops within a step
-                elif isinstance(event, TextDelta):
-                    text += event.text
-                    kind = "response.output_audio_transcript.delta" if config.speaks else "response.output_text.delta"
-                    await self.send({"type": kind, **base, "delta": event.text})
-                elif isinstance(event, AudioChunk):
-                    samples += len(event.samples)
-                    await self.send({"type": "response.output_audio.delta", **base,
-                                     "delta": b64(pcm16(event.samples))})
-        except ClientTooSlow:
-            raise
-        except Exception as exc:
-            status = "failed"
-            if pump is not None:
-                pump.failed = True
-            await self.refuse(exc, None)
-        finally:
-            if pump is not None:
-                pump.close()
-        if status != "failed" and done is not None and done.reason == "cancelled":
-            status, reason = "cancelled", self.cancel_reason
-        elif status != "failed" and done is not None and done.reason == "length":
-            status, reason = "incomplete", "max_output_tokens"
-        seconds = samples / SPEECH_SAMPLE_RATE
-        content = [{"type": "output_audio", "transcript": text} if config.speaks else {"type": "output_text",
-                                                                                         "text": text}]
-        item = message_item(item_id, "assistant", content, "completed" if status == "completed" else "incomplete")
-        if text.strip():
-            self._add_turn(item_id, Turn("assistant", (TextPart(text),)), seconds)
-        if pump is not None:
-            base = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
-            if config.speaks:
-                await self.send({"type": "response.output_audio.done", **base})
-                await self.send({"type": "response.output_audio_transcript.done", **base, "transcript": text})
-            else:
-                await self.send({"type": "response.output_text.done", **base, "text": text})
-            await self.send({"type": "response.content_part.done", **base, "part": content[0]})
-            await self.send({"type": "response.output_item.done", "response_id": response_id, "output_index": 0,
-                             "item": item})
-        await self.send({"type": "response.done", "response": response_json(
-            response_id, status, [item] if pump is not None else [], config, done, reason)})
 
 
 async def realtime_endpoint(ws: WebSocket, state: ServerState) -> None:

@@ -77,6 +77,10 @@ class RealtimeConfig:
                 "max_output_tokens": "inf" if self.max_output_tokens is None else self.max_output_tokens}
 
 
+class ClientTooSlow(Exception):
+    """The client stopped taking events."""
+
+
 def _get(obj, key: str, where: str, kind):
     value = obj.get(key)
     if value is not None and not isinstance(value, kind):
