@@ -8,21 +8,38 @@ goes out, the model stops within a step, and ``response.done`` says why.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ..api import Request
+from ..api import CancelToken, Request
 from ..config import SPEECH_SAMPLE_RATE
-from ..conversation import TextPart, Turn
+from ..conversation import Conversation, TextPart, Turn
 from ..events import AudioChunk, Done, TextDelta
 from .bridge import END
 from .pcm import b64, pcm16
-from .realtime_wire import ClientTooSlow, RealtimeConfig, message_item, response_json
-
-if TYPE_CHECKING:
-    from .realtime import RealtimeConnection
+from .realtime_wire import ClientTooSlow, Ids, RealtimeConfig, message_item, response_json
+from .state import ServerState
 
 
-async def run_reply(conn: RealtimeConnection, response_id: str, config: RealtimeConfig) -> None:
+class Connection(Protocol):
+    """What a reply needs of its connection (:class:`~.realtime.RealtimeConnection`)."""
+
+    id: str
+    state: ServerState
+    ids: Ids
+    conversation: Conversation
+    #: Set once the reply holds the model: cancelling it stops the reply.
+    reply_cancel: CancelToken | None
+    #: Why the reply was cancelled (``response.done`` says it).
+    cancel_reason: str
+
+    async def send(self, event: dict) -> None: ...
+
+    async def refuse(self, exc: Exception, client_event: str | None) -> None: ...
+
+    def add_turn(self, item_id: str, turn: Turn, speech_seconds: float = 0.0) -> None: ...
+
+
+async def run_reply(conn: Connection, response_id: str, config: RealtimeConfig) -> None:
     """Answer the conversation so far: the reply streams out as it is made, then it joins the conversation."""
     conversation = conn.conversation
     if config.instructions.strip():
