@@ -61,6 +61,13 @@ def until(conn, kind: str, seen: list | None = None, timeout: float = 120):
     raise AssertionError(f"no {kind} within {timeout} s; saw {[e.type for e in seen]}")
 
 
+def ask(conn, text: str) -> None:
+    """A typed user message, and a request for the reply."""
+    conn.conversation.item.create(item={"type": "message", "role": "user",
+                                        "content": [{"type": "input_text", "text": text}]})
+    conn.response.create()
+
+
 def types(events) -> list[str]:
     return [e.type for e in events]
 
@@ -94,9 +101,7 @@ def test_a_spoken_turn_is_heard_by_the_server_and_answered_in_speech_as_it_is_ma
 def test_speech_during_a_reply_cancels_it(server, question):
     with client(server).realtime.connect(model="tiny") as conn:
         until(conn, "session.created")
-        conn.conversation.item.create(item={"type": "message", "role": "user",
-                                            "content": [{"type": "input_text", "text": "Tell me a long story."}]})
-        conn.response.create()
+        ask(conn, "Tell me a long story.")
         seen: list = []
         until(conn, "response.output_audio.delta", seen)
         speak(conn, question[: RATE * 2])  # the person starts talking over the reply
@@ -112,9 +117,7 @@ def test_speech_during_a_reply_cancels_it(server, question):
 def test_truncate_keeps_what_was_heard(server):
     with client(server).realtime.connect(model="tiny") as conn:
         until(conn, "session.created")
-        conn.conversation.item.create(item={"type": "message", "role": "user",
-                                            "content": [{"type": "input_text", "text": "Say something."}]})
-        conn.response.create()
+        ask(conn, "Say something.")
         seen: list = []
         done = until(conn, "response.done", seen)
         item = done.response.output[0]
@@ -127,9 +130,7 @@ def test_truncate_keeps_what_was_heard(server):
         truncated = until(conn, "conversation.item.truncated")
         assert truncated.item_id == item.id and truncated.audio_end_ms == 200
         # The conversation goes on from what was heard.
-        conn.conversation.item.create(item={"type": "message", "role": "user",
-                                            "content": [{"type": "input_text", "text": "And then?"}]})
-        conn.response.create()
+        ask(conn, "And then?")
         assert until(conn, "response.done").response.status in ("completed", "incomplete")
 
 
@@ -139,9 +140,7 @@ def test_a_text_item_and_an_image_item_get_replies(server, media_dir):
         until(conn, "session.created")
         conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "max_output_tokens": 5})
         assert until(conn, "session.updated").session.max_output_tokens == 5
-        conn.conversation.item.create(item={"type": "message", "role": "user",
-                                            "content": [{"type": "input_text", "text": "Hello!"}]})
-        conn.response.create()
+        ask(conn, "Hello!")
         seen: list = []
         done = until(conn, "response.done", seen)
         assert "response.output_text.delta" in types(seen) and "response.output_audio.delta" not in types(seen)
@@ -194,9 +193,7 @@ def test_bad_events_get_an_error_naming_the_field_and_the_session_goes_on(server
         assert error.error.code == "input_audio_buffer_too_long" and "120 s" in error.error.message
         conn.input_audio_buffer.clear()
         until(conn, "input_audio_buffer.cleared")
-        conn.conversation.item.create(item={"type": "message", "role": "user",
-                                            "content": [{"type": "input_text", "text": "Still there?"}]})
-        conn.response.create()
+        ask(conn, "Still there?")
         assert until(conn, "response.done").response.status in ("completed", "incomplete")
 
 
@@ -233,9 +230,7 @@ def test_two_connections_at_once_stay_apart(server):
     def talk(name: str, text: str) -> None:
         with client(server).realtime.connect(model="tiny") as conn:
             created = until(conn, "session.created")
-            conn.conversation.item.create(item={"type": "message", "role": "user",
-                                                "content": [{"type": "input_text", "text": text}]})
-            conn.response.create()
+            ask(conn, text)
             seen: list = []
             until(conn, "response.done", seen)
             results[name] = (created.session.id, seen)

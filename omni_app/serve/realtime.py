@@ -40,7 +40,7 @@ from .realtime_wire import (
     output_tokens,
     updated,
 )
-from .responses import error_of
+from .responses import ApiError, error_of
 from .state import ServerState
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class RealtimeConnection:
         self.speech_item: str | None = None
         self.reply: asyncio.Task | None = None
         self.reply_cancel = None
+        self.cancel_reason = "client_cancelled"
         self._send_lock = asyncio.Lock()
 
     # -- sending -------------------------------------------------------------------------
@@ -287,29 +288,22 @@ class RealtimeConnection:
 async def realtime_endpoint(ws: WebSocket, state: ServerState) -> None:
     """Accept the socket when the key is right (a bearer header, or the browsers' subprotocol), then serve it."""
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
-    key = state.settings.api_key
-    if key:
-        scheme, _, given = ws.headers.get("authorization", "").partition(" ")
-        given = given.strip() if scheme.lower() == "bearer" else ""
-        prefix = "openai-insecure-api-key."
-        given = given or next((p[len(prefix):] for p in offered if p.startswith(prefix)), "")
-        import hmac
-
-        if not given or not hmac.compare_digest(given.encode(), key.encode()):
-            await _deny(ws)
-            return
+    prefix = "openai-insecure-api-key."
+    try:
+        state.check_headers(ws.headers, next((p[len(prefix):] for p in offered if p.startswith(prefix)), ""))
+    except ApiError as refused:
+        await _deny(ws, refused)
+        return
     await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
     await RealtimeConnection(ws, state).run()
 
 
-async def _deny(ws: WebSocket) -> None:
-    """401 before the upgrade, where the server can send one; else the socket is refused."""
+async def _deny(ws: WebSocket, refused: ApiError) -> None:
+    """The refusal as an HTTP answer before the upgrade, where the server can send one; else the socket is refused."""
     from starlette.responses import JSONResponse
 
-    from .replies import error_body
-
-    body = error_body("This server needs an API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key")
+    status, body = error_of(refused)
     try:
-        await ws.send_denial_response(JSONResponse(body, status_code=401))
+        await ws.send_denial_response(JSONResponse(body, status_code=status))
     except RuntimeError:
         await ws.close(code=1008)

@@ -109,12 +109,18 @@ class ServerState:
         return self._transcripts.get(audio_id)
 
     def check_key(self, request: Request) -> None:
-        """Refuse requests without the bearer token, when the server has one."""
+        """Refuse requests without the bearer token, when the server has one (a route dependency)."""
+        self.check_headers(request.headers)
+
+    def check_headers(self, headers, other: str = "") -> None:
+        """Refuse a request whose headers lack the bearer token, when the server has one; ``other``:
+        the key given another way (a browser's WebSocket sends it as a subprotocol)."""
         key = self.settings.api_key
         if not key:
             return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        given = given if scheme.lower() == "bearer" and given.strip() else other
+        if not given:
             raise ApiError(401, "This server needs an API key: send 'Authorization: Bearer <key>'.",
                            code="missing_api_key")
         if not hmac.compare_digest(given.strip().encode(), key.encode()):
