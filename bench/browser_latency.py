@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import math
 import os
 import re
 import shutil
@@ -126,8 +127,10 @@ def start_microphone(page, tries: int = 8) -> None:
                 mic.locator(".record-button").click()
             return
         except TimeoutError:
-            if mic.locator(".stop-button").count():
-                mic.locator(".stop-button").click()
+            try:  # a recorder that started without streaming: stop it and try again
+                mic.locator(".stop-button").click(timeout=5000)
+            except TimeoutError:
+                pass
     raise SystemExit("the microphone did not start streaming")
 
 
@@ -181,15 +184,22 @@ def run_turns(url: str, log: Path, workdir: Path, turns: int, timeout_s: float) 
             start = page.evaluate("""() => { const p = window.OmniSpeech && OmniSpeech.players.get('voice');
                 const s = p ? p.events.filter((e) => e.type === 'start') : []; return s[s.length - 1] || null; }""")
             delay = start["delay"] if start else 0.0
+            # When the page sent the turn (an app whose page detects turns notes it).
+            page_sent = page.evaluate("""(after) => { const l = window.OmniListen ? OmniListen.state.log : [];
+                const t = l.filter((e) => e.type === 'turn' && e.at > after); return t.length ? t[0].at : null; }""",
+                                      said["speechEnd"])
+            page_sent = page_sent / 1000 if page_sent else float("nan")
             rows.append({"wait": first_sound - said["speechEnd"] / 1000, "gap": sum(gaps), "gaps": len(gaps),
                          "delay": delay, "rate": start["rate"] if start else float("nan"),
                          "vad": decision - said["speechEnd"] / 1000,
+                         "page": page_sent - said["speechEnd"] / 1000, "transit": decision - page_sent,
                          "server": (sent[0] - decision) if sent else float("nan"),
                          "browser": (first_sound - sent[0]) if sent else float("nan"),
                          "heard": sum(b - a for a, b in spans)})
             row = rows[-1]
             chosen = f", of which start delay {delay:.2f} at {row['rate']:.2f}x real time" if start else ""
-            print(f"turn {k + 1}: speech end -> first sound {row['wait']:.2f} s (turn to server {row['vad']:.2f} + "
+            print(f"turn {k + 1}: speech end -> first sound {row['wait']:.2f} s (turn to server {row['vad']:.2f} "
+                  f"[page sent it after {row['page']:.2f}, on the way {row['transit']:.2f}] + "
                   f"server {row['server']:.2f} + browser {row['browser']:.2f}{chosen}); {row['heard']:.2f} s heard, "
                   f"gap {row['gap']:.2f} s in {row['gaps']} stretch(es)", flush=True)
             time.sleep(1.0)
@@ -225,6 +235,9 @@ def main(argv=None) -> int:
     print(f"\n{args.app_dir.resolve().name}: {len(rows)} turns")
     print(f"  speech end -> first sound  {stat('wait')}")
     print(f"    turn to the server       {stat('vad')} (the end-of-turn pause is in it)")
+    if not any(math.isnan(r["page"]) for r in rows):
+        print(f"      the page sent it after {stat('page')}")
+        print(f"      on the way to the app  {stat('transit')}")
     print(f"    server, to first audio   {stat('server')}")
     print(f"    browser, to first sound  {stat('browser')}")
     print(f"      of it, start delay     {stat('delay')} (chosen by the player from the production rate)")

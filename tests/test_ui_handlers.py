@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import subprocess
+import sys
 import time
 
 import gradio as gr
@@ -388,3 +389,20 @@ def test_clear_stop_and_new_turns_from_several_threads_leave_a_whole_chat(app):
     chats, _, _ = collect(app["reply_to_text"]("Last", "Chelsie", False, request))
     roles = [m["role"] for m in chats[-1]]
     assert roles == ["user", "assistant"] * (len(roles) // 2) and chats[-1][-2]["content"] == "Last"
+
+
+def test_the_first_event_finds_nothing_left_to_import():
+    # Gradio switches matplotlib's backend around every event; done cold, that import held
+    # the server's event loop (and the first spoken turn) for up to a second.
+    code = """
+import sys
+from gradio.utils import MatplotlibBackendMananger
+from omni_app.ui.launch import prepare_first_event
+prepare_first_event()
+before = set(sys.modules)
+with MatplotlibBackendMananger():
+    pass
+print(sorted(set(sys.modules) - before))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout[:500]

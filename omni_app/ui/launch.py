@@ -10,6 +10,22 @@ from ..config import GenerationLimits, MediaLimits
 from ..vad import VadOptions
 
 
+def prepare_first_event() -> None:
+    """Do now, before serving, what gradio does on the first event it runs.
+
+    Gradio wraps every event in a switch to matplotlib's off-screen backend; the first one
+    imports matplotlib and resolves its backend on the server's event loop, which then
+    serves no page for 0.4-1.2 s: the first person to speak waited that much longer for
+    their turn to arrive. Choosing the backend here leaves nothing for that first event.
+    """
+    try:
+        import matplotlib
+    except ImportError:  # gradio then skips the switch too
+        return
+    matplotlib.use("agg")
+    matplotlib.get_backend()
+
+
 def serve_page(backend: Backend, limits: GenerationLimits, media: MediaLimits, *, tabs, concurrency: int,
                queue_size: int, vad: VadOptions = VadOptions(), **launch) -> None:
     """Build the page over ``backend`` and serve it until the process ends.
@@ -25,6 +41,7 @@ def serve_page(backend: Backend, limits: GenerationLimits, media: MediaLimits, *
     context = AppContext(backend, limits, media, vad)
     demo = build_app(context, tabs=tabs, concurrency=concurrency)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    prepare_first_event()
     # A plain `kill` ends the app through the `finally` below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
