@@ -31,7 +31,7 @@ def build(app: AppContext, gpu_queue: str, live: PageListener) -> tuple[SessionS
                 recording = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Record, then send")
                 send_recording = gr.Button("Send recording")
             with gr.Row(equal_height=True):
-                text = gr.Textbox(label="Or type", placeholder="Type a message and press Enter", elem_id="voice-text",
+                text = gr.Textbox(label="Or type", placeholder="Type a message", elem_id="voice-text",
                                   scale=4)
                 send = gr.Button("Send", elem_id="voice-send", scale=1, min_width=80)
             voice, speak, stop, clear = reply_controls("voice", app.backend.voices())
