@@ -150,14 +150,24 @@ def listening(page):
     return page
 
 
+def bytes_read(pid: int) -> int:
+    """Bytes the process has read so far, sockets included (Linux's /proc/PID/io)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
 def test_the_page_asks_for_a_clean_microphone_and_is_quiet_between_turns(listening, browser, live_app):
     asked = listening.evaluate("__probe.constraints")[-1]["audio"]
     assert {k: asked[k] for k in ("echoCancellation", "noiseSuppression", "autoGainControl")} == {
         "echoCancellation": True, "noiseSuppression": True, "autoGainControl": True}
-    before = len(browser.requests)
+    before, read = len(browser.requests), bytes_read(live_app.process.pid)
     listening.wait_for_timeout(5000)
     sent = [u for u in browser.requests[before:] if u.startswith(live_app.url)]
     assert sent == [], f"a listening page talked to the server between turns: {sent}"
+    # On the server's side too: the browser's own request log does not show every upload (a
+    # page streaming its microphone through gradio made the app read ~400 KB/s, unlisted there).
+    read = bytes_read(live_app.process.pid) - read
+    assert read < 16_000, f"the app read {read} bytes while the page listened to silence"
     logged = len(live_app.log.read_text().splitlines())
     listening.close()  # a listening tab closes
     time.sleep(3)
