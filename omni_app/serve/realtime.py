@@ -108,19 +108,18 @@ class RealtimeConnection:
                     await self.send(error_event(self.ids("event"), "Events are JSON text frames.", None,
                                                 "invalid_event"))
                     continue
-                event, client_id = None, None
                 try:
                     event = json.loads(text)
+                except ValueError:
+                    await self.send(error_event(self.ids("event"), "The event is not valid JSON.", None,
+                                                "invalid_json"))
+                    continue
+                client_id = None
+                try:
                     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                         raise WireError("An event is a JSON object with a 'type'.", "type", "invalid_event")
                     client_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
                     await self.handle(event)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    if isinstance(exc, WireError):
-                        await self.refuse(exc, client_id)
-                    else:
-                        await self.send(error_event(self.ids("event"), "The event is not valid JSON.", None,
-                                                    "invalid_json"))
                 except (ClientTooSlow, WebSocketDisconnect):
                     raise
                 except Exception as exc:  # every other mistake is told, and the session goes on

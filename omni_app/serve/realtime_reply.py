@@ -48,6 +48,7 @@ async def run_reply(conn: Connection, response_id: str, config: RealtimeConfig) 
                       limits=config.limits(conn.state.settings.limits), session=conn.id)
     item_id = conn.ids("item")
     text, samples, done, status, reason = "", 0, None, "completed", None
+    base = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
     conn.cancel_reason = "client_cancelled"
     pump = None
     try:
@@ -56,7 +57,6 @@ async def run_reply(conn: Connection, response_id: str, config: RealtimeConfig) 
         conn.reply_cancel = pump.cancel
         await conn.send({"type": "response.created", "response": response_json(response_id, "in_progress", [],
                                                                                 config)})
-        base = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
         part = {"type": "audio" if config.speaks else "text", "transcript" if config.speaks else "text": ""}
         await conn.send({"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
                          "item": message_item(item_id, "assistant", [], "in_progress")})
@@ -95,7 +95,6 @@ async def run_reply(conn: Connection, response_id: str, config: RealtimeConfig) 
     if text.strip():
         conn.add_turn(item_id, Turn("assistant", (TextPart(text),)), seconds)
     if pump is not None:
-        base = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
         if config.speaks:
             await conn.send({"type": "response.output_audio.done", **base})
             await conn.send({"type": "response.output_audio_transcript.done", **base, "transcript": text})

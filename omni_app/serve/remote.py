@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -187,26 +186,26 @@ class RemoteBackend:
         if not cancelled and reader.finish_reason is None and not reader.stats:
             raise BackendUnavailable(f"The model server at {self.url} ended the reply before finishing it.")
         server = reader.stats
-        extra = {f"server_{k}": float(server[k]) for k in ("time_to_first_text", "time_to_first_audio", "total_time")
-                 if server.get(k) is not None}
         if cancelled and not server:
             yield clock.cut_short()
             return
-        extra.update({k: float(v) for k, v in (server.get("extra") or {}).items() if isinstance(v, (int, float))})
+        extra = {k: float(v) for k, v in (server.get("extra") or {}).items() if isinstance(v, (int, float))}
         if server.get("seed") is not None:
             extra["seed"] = float(server["seed"])
         if reader.usage.get("prompt_tokens") is not None:
             extra["prompt_tokens"] = float(reader.usage["prompt_tokens"])
+        # The server's times, which the clock keeps as server_* beside its own.
+        timed = {k: None if server.get(k) is None else float(server[k])
+                 for k in ("time_to_first_text", "time_to_first_audio", "total_time")}
         stats = Stats(
-            time_to_first_text=clock.first_text, time_to_first_audio=clock.first_audio,
-            total_time=time.perf_counter() - clock.started,
+            **timed,
             text_tokens=int(server.get("text_tokens", reader.usage.get("completion_tokens", clock.texts)) or 0),
             codec_codes=int(server.get("codec_codes") or 0), audio_seconds=clock.audio_seconds,
             engine=str(server.get("engine") or self._info.engine), queue_time=float(server.get("queue_time") or 0.0),
             extra=extra, served_by=str(server.get("served_by") or ""), batch_peak=int(server.get("batch_peak") or 0),
         )
         reason = "cancelled" if cancelled else "length" if reader.finish_reason == "length" else "finished"
-        yield Done(reason, stats)
+        yield Done(reason, clock.restamp(stats))
 
     def _get(self, path: str, required: bool = True):
         try:
